@@ -1,0 +1,680 @@
+"""The Python API: one facade that notebooks, the CLI, batch scripts and the
+callback receiver all call.
+
+Each state-changing method asks the lifecycle whether the trigger is allowed,
+talks to UPS when the step needs it, then commits through the store. The
+commit decides: when it fails, nothing changed, and the caller gets the
+toolkit's error naming the company and what to do next.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import secrets
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from optin import errors
+from optin.callback import CallbackParams, parse_callback
+from optin.config import Settings
+from optin.keys import load_fernet
+from optin.lifecycle import State, allowed_triggers, next_state
+from optin.models import (
+    AuthorizationLink,
+    CallbackResult,
+    Company,
+    HistoryEntry,
+    SweepReport,
+)
+from optin.store import GrantRecord, PendingRecord, Store, digest, utc_text
+from optin.ups import TokenSet, UPSClient, make_pkce_pair
+
+logger = logging.getLogger(__name__)
+
+# How long a worker may hold a company's refresh lease, beyond the HTTP timeout.
+LEASE_MARGIN = timedelta(seconds=30)
+
+
+class Manager:
+    """The opt-in lifecycle of many companies, kept in one SQLite file.
+
+    >>> manager = Manager.open()                      # doctest: +SKIP
+    >>> link = manager.begin_opt_in("ACME-01", actor="ana")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        ups: UPSClient | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.settings = settings or Settings.load()
+        fernet = load_fernet(self.settings.resolved_key_file)
+        self.store = Store(self.settings.db_path, fernet, clock=clock)
+        self.ups = ups or UPSClient(self.settings)
+
+    @classmethod
+    def open(cls, db_path: Path | str | None = None, **settings: Any) -> Manager:
+        """Open a database with settings from the environment and config file."""
+        return cls(Settings.load(db_path=db_path, **settings))
+
+    def close(self) -> None:
+        self.store.close()
+        self.ups.close()
+
+    def __enter__(self) -> Manager:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Manager(db={str(self.store.path)!r}, "
+            f"environment={self.settings.environment!r})"
+        )
+
+    # -- reads ----------------------------------------------------------------
+
+    def get_company(self, company_id: str) -> Company:
+        return Company.from_row(self.store.require_company(company_id))
+
+    def list_companies(
+        self, state: State | str | None = None, search: str | None = None
+    ) -> list[Company]:
+        if state is not None:
+            state = State(state).value
+        return [Company.from_row(r) for r in self.store.list_companies(state, search)]
+
+    def count_by_state(self) -> dict[str, int]:
+        counts = self.store.count_by_state()
+        return {state.value: counts.get(state.value, 0) for state in State}
+
+    def get_history(
+        self, company_id: str | None = None, newest_first: bool = False
+    ) -> list[HistoryEntry]:
+        if company_id is not None:
+            self.store.require_company(company_id)
+        entries = [HistoryEntry(**row) for row in self.store.history(company_id)]
+        return entries[::-1] if newest_first else entries
+
+    def allowed_triggers(self, company_id: str) -> tuple[str, ...]:
+        return allowed_triggers(self.get_company(company_id).state)
+
+    # -- companies ------------------------------------------------------------
+
+    def add_company(
+        self,
+        company_id: str,
+        name: str,
+        admin_email: str | None = None,
+        *,
+        actor: str,
+        reason: str | None = None,
+    ) -> Company:
+        _check_company_id(company_id)
+        row = {"id": company_id, "name": name, "admin_email": admin_email or ""}
+        self.store.add_companies([row], actor, reason)
+        logger.info("added company %s", company_id)
+        return self.get_company(company_id)
+
+    def import_companies(
+        self,
+        rows_or_path: Iterable[dict[str, str]] | Path | str,
+        *,
+        actor: str,
+        reason: str | None = None,
+    ) -> int:
+        """Add companies from a CSV file (columns id, name, admin_email) or dicts.
+
+        Existing ids are skipped, so an import can be re-run safely.
+        """
+        rows = _read_rows(rows_or_path)
+        fresh = [row for row in rows if self.store.get_company(row["id"]) is None]
+        added = self.store.add_companies(fresh, actor, reason) if fresh else 0
+        logger.info(
+            "imported %d companies (%d already present)", added, len(rows) - added
+        )
+        return added
+
+    # -- opt-in ---------------------------------------------------------------
+
+    def begin_opt_in(
+        self, company_id: str, *, actor: str, reason: str | None = None
+    ) -> AuthorizationLink:
+        """Start (or restart) an opt-in; return the UPS.com link for the admin.
+
+        A link issued earlier for the same company stops working.
+        """
+        company = self.get_company(company_id)
+        target = next_state(company_id, "request_authorization", company.state)
+        origin = self._origin_of(company)
+        state = secrets.token_urlsafe(32)
+        verifier, challenge = make_pkce_pair()
+        expires_at = self.store.now() + timedelta(seconds=self.settings.link_lifetime)
+
+        with self.store.immediate():
+            superseded = self.store.close_open_pending(company_id, "superseded")
+            self.store.move(
+                company_id,
+                "request_authorization",
+                company.state,
+                company.version,
+                target,
+                actor,
+                reason,
+                {
+                    "link_expires_at": utc_text(expires_at),
+                    "superseded_links": superseded,
+                },
+            )
+            self.store.insert_pending(
+                state,
+                company_id,
+                verifier,
+                self.settings.redirect_uri,
+                origin,
+                expires_at,
+            )
+        logger.info("company %s: request_authorization -> pending", company_id)
+        url = self.ups.authorization_url(state, challenge)
+        return AuthorizationLink(company_id, url, expires_at)
+
+    def begin_opt_in_all(
+        self,
+        state: State | str = State.INVALIDATED,
+        *,
+        actor: str,
+        reason: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> tuple[list[AuthorizationLink], dict[str, str]]:
+        """Begin an opt-in for every company in ``state``.
+
+        Returns the links and, per company that failed, the error message.
+        """
+        companies = self.list_companies(state)
+        links: list[AuthorizationLink] = []
+        failed: dict[str, str] = {}
+        for done, company in enumerate(companies, start=1):
+            try:
+                links.append(self.begin_opt_in(company.id, actor=actor, reason=reason))
+            except errors.OptinError as exc:
+                logger.warning("company %s: re-opt-in not started: %s", company.id, exc)
+                failed[company.id] = str(exc)
+            if progress is not None:
+                progress(done, len(companies))
+        return links, failed
+
+    def cancel_opt_in(
+        self, company_id: str, *, actor: str, reason: str | None = None
+    ) -> Company:
+        """Cancel a pending opt-in; the company returns to the state it came from."""
+        company = self.get_company(company_id)
+        origin = self._origin_of(company)
+        target = next_state(company_id, "cancel", company.state, origin)
+        with self.store.immediate():
+            self.store.close_open_pending(company_id, "cancelled")
+            self.store.move(
+                company_id,
+                "cancel",
+                company.state,
+                company.version,
+                target,
+                actor,
+                reason,
+            )
+        logger.info("company %s: cancel -> %s", company_id, target)
+        return self.get_company(company_id)
+
+    def complete_opt_in(
+        self, callback_url: str, *, actor: str, reason: str | None = None
+    ) -> CallbackResult:
+        """Complete an opt-in from the URL UPS redirected the admin's browser to.
+
+        The ``state`` is checked first. ``error=access_denied`` cancels. A code
+        is exchanged at most once: replaying the same callback returns the
+        earlier result without a second exchange.
+        """
+        params = parse_callback(callback_url)
+        pending = self.store.get_pending(params.state)
+        if pending is None:
+            raise errors.UnknownState(
+                "no authorization link has this callback's state: it is forged, "
+                "mistyped or from another database. Begin a new opt-in"
+            )
+        early = self._check_link(pending, params)
+        if early is not None:
+            return early
+        if params.error is not None:
+            return self._deny(pending, params, actor)
+        return self._exchange(pending, params, actor, reason)
+
+    def _check_link(
+        self, pending: PendingRecord, params: CallbackParams
+    ) -> CallbackResult | None:
+        company_id = pending.company_id
+        if pending.status == "completed":
+            if (
+                params.code is not None
+                and digest(params.code.reveal()) == pending.code_hash
+            ):
+                company = self.get_company(company_id)
+                return CallbackResult(
+                    company_id,
+                    "replayed",
+                    company,
+                    f"company {company_id} was already authorized by this callback; "
+                    "no second code exchange was made",
+                )
+            raise errors.ReplayedCallback(
+                f"the authorization link of company_id={company_id!r} was already "
+                "used; begin a new opt-in if it is needed again"
+            )
+        if pending.status == "superseded":
+            raise errors.SupersededState(
+                f"this link of company_id={company_id!r} was replaced by a newer "
+                "one; use the newest link or begin a new opt-in"
+            )
+        if pending.status == "exchanging":
+            raise errors.TransientError(
+                f"the callback of company_id={company_id!r} is being completed by "
+                "another request; check the company's state in a moment"
+            )
+        if pending.status != "open":
+            raise errors.CallbackError(
+                f"the authorization link of company_id={company_id!r} is closed "
+                f"(status {pending.status}); begin a new opt-in"
+            )
+        if pending.expires_at < self.store.now():
+            self._close_link(
+                pending, "expired", "cancel", "system", "the authorization link expired"
+            )
+            raise errors.ExpiredState(
+                f"the authorization link of company_id={company_id!r} expired at "
+                f"{utc_text(pending.expires_at)}; begin a new opt-in"
+            )
+        return None
+
+    def _deny(
+        self, pending: PendingRecord, params: CallbackParams, actor: str
+    ) -> CallbackResult:
+        reason = f"UPS returned error={params.error}"
+        if params.error == "access_denied":
+            reason = (
+                "the admin cancelled or denied consent at UPS (error=access_denied)"
+            )
+        self._close_link(pending, "cancelled", "cancel", actor, reason)
+        company = self.get_company(pending.company_id)
+        return CallbackResult(
+            pending.company_id,
+            "cancelled",
+            company,
+            f"company {pending.company_id} was not authorized: {reason}; it is "
+            f"{company.state} again",
+        )
+
+    def _exchange(
+        self,
+        pending: PendingRecord,
+        params: CallbackParams,
+        actor: str,
+        reason: str | None,
+    ) -> CallbackResult:
+        company_id = pending.company_id
+        company = self.get_company(company_id)
+        next_state(company_id, "authorize", company.state)
+        assert params.code is not None
+        code_hash = digest(params.code.reveal())
+        with self.store.immediate():
+            claimed = self.store.set_pending_status(
+                pending.state_hash, "exchanging", "open", code_hash
+            )
+        if not claimed:
+            # Another request claimed the link between our read and our claim.
+            return self.complete_opt_in(params.url, actor=actor, reason=reason)
+
+        try:
+            tokens = self.ups.exchange_code(
+                params.code, pending.redirect_uri, pending.verifier
+            )
+        except (errors.RateLimited, errors.ClientRejected, errors.Blocked):
+            # UPS refused before using the code, so the same callback may be retried.
+            with self.store.immediate():
+                self.store.set_pending_status(pending.state_hash, "open", "exchanging")
+            raise
+        except errors.CodeRejected as exc:
+            self._close_link(
+                pending,
+                "failed",
+                "cancel",
+                actor,
+                f"UPS rejected the authorization code ({exc.code}: {exc.ups_message})",
+                expected_status="exchanging",
+            )
+            raise
+        except errors.OptinError:
+            # Outcome unknown (timeout, 5xx): UPS may have used the code, so the
+            # link is closed and the company stays pending until a new link.
+            with self.store.immediate():
+                self.store.set_pending_status(
+                    pending.state_hash, "failed", "exchanging"
+                )
+            raise
+
+        with self.store.immediate():
+            if not self.store.set_pending_status(
+                pending.state_hash, "completed", "exchanging"
+            ):
+                raise errors.SupersededState(
+                    f"the link of company_id={company_id!r} was replaced or closed "
+                    "while its code was exchanged; the new tokens were discarded. "
+                    "Use the newest link"
+                )
+            self.store.move(
+                company_id,
+                "authorize",
+                company.state,
+                company.version,
+                State.AUTHORIZED,
+                actor,
+                reason,
+                _token_details(tokens),
+            )
+            self.store.put_grant(company_id, _grant(tokens), refreshed=False)
+        logger.info("company %s: authorize -> authorized", company_id)
+        return CallbackResult(
+            company_id,
+            "authorized",
+            self.get_company(company_id),
+            f"company {company_id} is authorized",
+        )
+
+    def _close_link(
+        self,
+        pending: PendingRecord,
+        status: str,
+        trigger: str,
+        actor: str,
+        reason: str,
+        expected_status: str = "open",
+    ) -> None:
+        company = self.get_company(pending.company_id)
+        target = next_state(company.id, trigger, company.state, pending.origin_state)
+        with self.store.immediate():
+            self.store.set_pending_status(pending.state_hash, status, expected_status)
+            self.store.move(
+                company.id,
+                trigger,
+                company.state,
+                company.version,
+                target,
+                actor,
+                reason,
+            )
+        logger.info("company %s: %s -> %s (%s)", company.id, trigger, target, status)
+
+    def expire_links(self, *, actor: str = "system") -> list[str]:
+        """Cancel every pending opt-in whose link expired; return the company ids."""
+        expired: list[str] = []
+        for pending in self.store.expired_pending():
+            try:
+                self._close_link(
+                    pending,
+                    "expired",
+                    "cancel",
+                    actor,
+                    "the authorization link expired",
+                )
+            except errors.OptinError as exc:
+                logger.warning(
+                    "company %s: link not expired: %s", pending.company_id, exc
+                )
+                continue
+            expired.append(pending.company_id)
+        return expired
+
+    def _origin_of(self, company: Company) -> str:
+        if company.state != State.PENDING:
+            return company.state.value
+        latest = self.store.latest_pending(company.id)
+        # A pending company always has a link row; unauthorized is the safe origin.
+        return latest.origin_state if latest is not None else State.UNAUTHORIZED.value
+
+    # -- authorized companies ---------------------------------------------------
+
+    def refresh(
+        self, company_id: str, *, actor: str, reason: str | None = None
+    ) -> Company:
+        """Refresh the company's tokens at UPS and store the rotated pair.
+
+        A dead grant moves the company to ``invalidated`` (and raises
+        GrantRevoked); transient trouble keeps the tokens and raises.
+        """
+        company = self.get_company(company_id)
+        next_state(company_id, "refresh", company.state)
+        grant = self.store.get_grant(company_id)
+        if grant is None:
+            raise errors.StoreError(
+                f"company_id={company_id!r} is authorized but holds no tokens; "
+                "record a password change or opt it out, then opt in again"
+            )
+        owner = uuid.uuid4().hex
+        until = (
+            self.store.now() + timedelta(seconds=self.settings.timeout) + LEASE_MARGIN
+        )
+        if not self.store.claim_refresh(company_id, owner, until):
+            raise errors.RefreshInProgress(
+                f"another worker is refreshing company_id={company_id!r}; "
+                "retry after it finishes"
+            )
+        try:
+            tokens = self.ups.refresh(grant.refresh_token)
+        except errors.GrantRevoked as exc:
+            self._invalidate(
+                company,
+                actor,
+                reason
+                or f"UPS rejected the refresh token ({exc.code}: {exc.ups_message})",
+                {"ups_status": exc.status, "ups_code": exc.code},
+            )
+            raise
+        except BaseException:
+            self.store.release_refresh(company_id, owner)
+            raise
+
+        with self.store.immediate():
+            self.store.move(
+                company_id,
+                "refresh",
+                company.state,
+                company.version,
+                State.AUTHORIZED,
+                actor,
+                reason,
+                _token_details(tokens),
+            )
+            self.store.put_grant(company_id, _grant(tokens), refreshed=True)
+        logger.info("company %s: refresh -> authorized", company_id)
+        return self.get_company(company_id)
+
+    def refresh_all(
+        self,
+        *,
+        actor: str,
+        reason: str | None = None,
+        due_within: timedelta | None = None,
+        max_invalidations: int | None = None,
+        max_transient_in_a_row: int = 5,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> SweepReport:
+        """Refresh every authorized company (or those expiring within ``due_within``).
+
+        The sweep stops early, leaving the rest untouched, when UPS rejects the
+        client itself (no company is at fault), after ``max_transient_in_a_row``
+        transient errors in a row (an outage), or once ``max_invalidations``
+        grants died (default: 10, or a fifth of the companies if more), since
+        a sudden wave of dead grants more often means trouble at UPS.
+        """
+        companies = self._due(due_within)
+        limit = max_invalidations
+        if limit is None:
+            limit = max(10, len(companies) // 5)
+        report = SweepReport()
+        transient_run = 0
+        for done, company in enumerate(companies, start=1):
+            if progress is not None:
+                progress(done, len(companies))
+            try:
+                self.refresh(company.id, actor=actor, reason=reason)
+            except errors.GrantRevoked:
+                report.invalidated.append(company.id)
+                transient_run = 0
+                if len(report.invalidated) >= limit and done < len(companies):
+                    report.stopped_reason = (
+                        f"{limit} grants died in this sweep; stopped to avoid mass "
+                        "invalidation. Check UPS status and the client credentials, "
+                        "then rerun with a higher max_invalidations if expected"
+                    )
+                    break
+            except (errors.ClientRejected, errors.Blocked) as exc:
+                report.failed[company.id] = str(exc)
+                report.stopped_reason = f"UPS rejected the client: {exc}"
+                break
+            except errors.TransientError as exc:
+                report.failed[company.id] = str(exc)
+                transient_run += 1
+                if transient_run >= max_transient_in_a_row:
+                    report.stopped_reason = (
+                        f"{transient_run} transient errors in a row; UPS seems "
+                        "unavailable. The tokens are kept; rerun later"
+                    )
+                    break
+            except errors.OptinError as exc:
+                report.failed[company.id] = str(exc)
+                transient_run = 0
+            else:
+                report.refreshed.append(company.id)
+                transient_run = 0
+        if report.stopped_reason:
+            logger.warning("refresh sweep stopped: %s", report.stopped_reason)
+        return report
+
+    def _due(self, due_within: timedelta | None) -> list[Company]:
+        companies = self.list_companies(State.AUTHORIZED)
+        if due_within is None:
+            return companies
+        cutoff = utc_text(self.store.now() + due_within)
+        return [c for c in companies if (c.access_expires_at or "") <= cutoff]
+
+    def record_password_change(
+        self, company_id: str, *, actor: str, reason: str | None = None
+    ) -> Company:
+        """Invalidate the company because its UPS.com user changed their password."""
+        company = self.get_company(company_id)
+        next_state(company_id, "invalidate", company.state)
+        self._invalidate(
+            company,
+            actor,
+            reason or "the UPS.com user changed their password",
+            {"source": "recorded"},
+        )
+        return self.get_company(company_id)
+
+    def _invalidate(
+        self, company: Company, actor: str, reason: str, details: dict[str, Any]
+    ) -> None:
+        with self.store.immediate():
+            self.store.move(
+                company.id,
+                "invalidate",
+                company.state,
+                company.version,
+                State.INVALIDATED,
+                actor,
+                reason,
+                details,
+            )
+            self.store.delete_grant(company.id)
+        logger.info("company %s: invalidate -> invalidated", company.id)
+
+    def opt_out(
+        self,
+        company_id: str,
+        *,
+        actor: str,
+        reason: str | None = None,
+        confirm: bool = False,
+    ) -> Company:
+        """Opt the company out: delete every token we hold for it.
+
+        UPS has no revoke endpoint, so the last access token stays valid at UPS
+        until its expiry instant, which the history row records.
+        """
+        company = self.get_company(company_id)
+        next_state(company_id, "opt_out", company.state)
+        if not confirm:
+            raise errors.ConfirmationRequired(company_id)
+        details = {"access_token_valid_at_ups_until": company.access_expires_at}
+        with self.store.immediate():
+            self.store.close_open_pending(company_id, "cancelled")
+            self.store.move(
+                company_id,
+                "opt_out",
+                company.state,
+                company.version,
+                State.OPTED_OUT,
+                actor,
+                reason,
+                details,
+            )
+            self.store.delete_grant(company_id)
+        logger.info("company %s: opt_out -> opted_out", company_id)
+        return self.get_company(company_id)
+
+
+def _grant(tokens: TokenSet) -> GrantRecord:
+    return GrantRecord(
+        access_token=tokens.access_token,
+        refresh_token=tokens.refresh_token,
+        token_type=tokens.token_type,
+        scope=tokens.scope,
+        issued_at=tokens.issued_at,
+        access_expires_at=tokens.expires_at,
+        refresh_expires_at=tokens.refresh_expires_at,
+    )
+
+
+def _token_details(tokens: TokenSet) -> dict[str, Any]:
+    return {
+        "access_expires_at": utc_text(tokens.expires_at),
+        "refresh_expires_at": utc_text(tokens.refresh_expires_at),
+    }
+
+
+def _check_company_id(company_id: str) -> None:
+    if not company_id or company_id != company_id.strip() or len(company_id) > 200:
+        raise errors.UsageError(
+            f"invalid company_id={company_id!r}: use 1 to 200 characters without "
+            "leading or trailing spaces"
+        )
+
+
+def _read_rows(source: Iterable[dict[str, str]] | Path | str) -> list[dict[str, str]]:
+    if isinstance(source, str | Path):
+        with Path(source).open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    else:
+        rows = list(source)
+    for number, row in enumerate(rows, start=1):
+        if not row.get("id") or not row.get("name"):
+            raise errors.UsageError(
+                f"company row {number} lacks id or name: {row!r}; each row needs "
+                "the columns id, name and admin_email"
+            )
+        _check_company_id(row["id"])
+    return rows
