@@ -475,11 +475,11 @@ class Manager:
         try:
             tokens = self.ups.refresh(grant.refresh_token)
         except errors.GrantRevoked as exc:
+            rejected = f"UPS rejected the refresh token ({exc.code}: {exc.ups_message})"
             self._invalidate(
                 company,
                 actor,
-                reason
-                or f"UPS rejected the refresh token ({exc.code}: {exc.ups_message})",
+                f"{reason}: {rejected}" if reason else rejected,
                 {"ups_status": exc.status, "ups_code": exc.code},
             )
             raise
