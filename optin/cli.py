@@ -23,7 +23,7 @@ from tabulate import tabulate
 from optin import errors
 from optin.api import Manager
 from optin.config import Settings
-from optin.lifecycle import mermaid_diagram, transition_rows
+from optin.lifecycle import lifecycle_markdown, mermaid_diagram, transition_rows
 from optin.models import Company, HistoryEntry
 
 EXIT_CODES: dict[type[errors.OptinError], int] = {
@@ -374,6 +374,17 @@ def expire_links(obj: Context) -> None:
     obj.emit({"expired": expired}, lambda: f"expired {len(expired)} links")
 
 
+README_START = "<!-- lifecycle:start -->"
+README_END = "<!-- lifecycle:end -->"
+
+
+def render_readme(text: str) -> str:
+    """Replace the README's lifecycle block with one generated from the table."""
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    return f"{head}{README_START}\n{lifecycle_markdown()}{README_END}{tail}"
+
+
 @cli.command()
 @click.option(
     "--counts/--no-counts",
@@ -381,9 +392,24 @@ def expire_links(obj: Context) -> None:
     default=False,
     help="Add the number of companies per state from the database.",
 )
+@click.option("--markdown", is_flag=True, help="Print the README's Markdown block.")
+@click.option(
+    "--write-readme",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Regenerate the lifecycle block of this README file in place.",
+)
 @pass_context
-def diagram(obj: Context, with_counts: bool) -> None:
+def diagram(
+    obj: Context, with_counts: bool, markdown: bool, write_readme: Path | None
+) -> None:
     """Print the lifecycle as a Mermaid state diagram and a table."""
+    if write_readme is not None:
+        text = write_readme.read_text(encoding="utf-8")
+        write_readme.write_text(render_readme(text), encoding="utf-8")
+        return
+    if markdown:
+        click.echo(lifecycle_markdown(), nl=False)
+        return
     counts_by_state = None
     if with_counts:
         with obj.manager() as manager:

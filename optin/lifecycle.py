@@ -214,9 +214,16 @@ def mermaid_diagram(counts: dict[str, int] | None = None) -> str:
         show_conditions=False,
     )
     text: str = sketch.get_graph().draw(None)  # type: ignore[attr-defined]
-    lines = [
-        line for line in text.splitlines() if not line.strip().startswith("Class ")
+    # Keep the states and edges; drop the styling of the "current" state,
+    # which means nothing for a table shared by all companies.
+    body = text.split("stateDiagram-v2", 1)[1].splitlines()
+    lines = ["---", "title: optin lifecycle", "---", "stateDiagram-v2"]
+    lines += [
+        line.rstrip()
+        for line in body
+        if line.strip() and not line.strip().startswith(("Class ", "classDef "))
     ]
+
     if counts is not None:
         for state in State:
             old = f'state "{state.value}" as {state.value}'
@@ -225,3 +232,11 @@ def mermaid_diagram(counts: dict[str, int] | None = None) -> str:
             )
             lines = [line.replace(old, new) for line in lines]
     return "\n".join(lines) + "\n"
+
+
+def lifecycle_markdown() -> str:
+    """Render the table and the Mermaid diagram as Markdown, for the README."""
+    lines = ["| trigger | from | to | when |", "|---|---|---|---|"]
+    for trigger, sources, dest, when in transition_rows():
+        lines.append(f"| `{trigger}` | {sources} | {dest} | {when} |")
+    return "\n".join(lines) + "\n\n```mermaid\n" + mermaid_diagram() + "```\n"
