@@ -1,0 +1,127 @@
+"""The optin command line, run in-process against the loopback sandbox."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from optin import Manager, Settings
+from optin.cli import main
+from optin.signin import sign_in
+from tests.helpers import authorize, create_user
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def _entry(args: tuple[str, ...]) -> None:
+    main(list(args))
+
+
+def cli_run(args: list[str]) -> tuple[int, str]:
+    """Run ``optin`` through its real entry point (exit codes included)."""
+    result = CliRunner().invoke(_entry, args)
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("OPTIN_BASE_URL", settings.base_url)
+    monkeypatch.setenv("OPTIN_DB", str(settings.db_path))
+    monkeypatch.setenv("OPTIN_ACTOR", "cli-user")
+    monkeypatch.delenv("OPTIN_CONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(settings.db_path.parent))
+    return settings
+
+
+def test_add_and_list_json(env: Settings) -> None:
+    code, _ = cli_run(["add", "A-1", "Alpha", "--email", "a@alpha.example"])
+    assert code == 0
+    code, output = cli_run(["--json", "list"])
+    assert code == 0
+    rows = json.loads(output)
+    assert [row["id"] for row in rows] == ["A-1"]
+    assert rows[0]["state"] == "unauthorized"
+
+
+def test_begin_complete_status(env: Settings, sandbox_http: httpx.Client) -> None:
+    cli_run(["add", "A-1", "Alpha"])
+    code, output = cli_run(["--json", "begin", "A-1", "--reason", "new"])
+    assert code == 0
+    url = json.loads(output)["url"]
+    login = create_user(sandbox_http)
+    callback = sign_in(sandbox_http, url, login, "pw-Start-1")
+    code, output = cli_run(["complete", callback])
+    assert code == 0, output
+    assert "authorized" in output
+    code, output = cli_run(["--json", "status", "A-1"])
+    assert json.loads(output)["state"] == "authorized"
+    with Manager(env) as manager:
+        assert manager.get_history("A-1")[-1].actor == "cli-user"
+
+
+def test_invalid_transition_exit_one(env: Settings) -> None:
+    cli_run(["add", "A-1", "Alpha"])
+    code, output = cli_run(["refresh", "A-1"])
+    assert code == 1
+    assert "cannot refresh company_id='A-1'" in output
+
+
+def test_unknown_company_exit_one(env: Settings) -> None:
+    code, output = cli_run(["status", "NOPE"])
+    assert code == 1
+    assert "'NOPE' not found" in output
+
+
+def test_opt_out_without_yes(env: Settings) -> None:
+    cli_run(["add", "A-1", "Alpha"])
+    cli_run(["begin", "A-1"])
+    code, output = cli_run(["opt-out", "A-1"])
+    assert code == 1
+    assert "--yes" in output
+    code, _ = cli_run(["opt-out", "A-1", "--yes"])
+    assert code == 0
+
+
+def test_forged_callback_exit_one(env: Settings) -> None:
+    code, output = cli_run(
+        ["complete", "http://127.0.0.1:8766/callback?code=x&state=y"]
+    )
+    assert code == 1
+    assert "no authorization link has this callback's state" in output
+
+
+def test_import_and_counts(env: Settings, tmp_path: Path) -> None:
+    source = tmp_path / "c.csv"
+    source.write_text("id,name,admin_email\nA,Alpha,a@a.example\n", encoding="utf-8")
+    code, output = cli_run(["import", str(source)])
+    assert code == 0
+    assert "added 1" in output
+    code, output = cli_run(["--json", "counts"])
+    assert json.loads(output)["unauthorized"] == 1
+
+
+def test_production_without_credentials(
+    env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPTIN_ENV", "production")
+    code, output = cli_run(["list"])
+    assert code == 3
+    assert "OPTIN_CLIENT_ID" in output
+
+
+def test_unreachable_ups_exit_five(
+    env: Settings, monkeypatch: pytest.MonkeyPatch, sandbox_http: httpx.Client
+) -> None:
+    cli_run(["add", "A-1", "Alpha"])
+    with Manager(env) as manager:
+        authorize(manager, sandbox_http, "A-1")
+    # Port 9 on loopback: nothing listens, so the connection is refused.
+    monkeypatch.setenv("OPTIN_BASE_URL", "http://127.0.0.1:9")
+    code, output = cli_run(["refresh", "A-1"])
+    assert code == 5
+    assert "the stored tokens are kept" in output
