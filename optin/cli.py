@@ -97,7 +97,7 @@ def company_table(companies: Sequence[Company]) -> str:
     rows = [[getattr(c, name) for name in COMPANY_COLUMNS] for c in companies]
     if not rows:
         return "(no companies)"
-    return tabulate(rows, headers=list(COMPANY_COLUMNS))
+    return str(tabulate(rows, headers=list(COMPANY_COLUMNS)))
 
 
 def history_table(entries: Sequence[HistoryEntry]) -> str:
@@ -114,7 +114,7 @@ def history_table(entries: Sequence[HistoryEntry]) -> str:
         ]
         for e in entries
     ]
-    return tabulate(rows, headers=headers) if rows else "(no history)"
+    return str(tabulate(rows, headers=headers)) if rows else "(no history)"
 
 
 def show_company(obj: Context, company: Company, note: str = "") -> None:

@@ -24,12 +24,12 @@ def create_receiver(manager: Manager, actor: str = "callback-receiver") -> Any:
     require_extra("starlette")
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import HTMLResponse, JSONResponse
+    from starlette.responses import JSONResponse
     from starlette.routing import Route
 
     path = urlsplit(manager.settings.redirect_uri).path or "/"
 
-    async def callback(request: Request) -> HTMLResponse:
+    async def callback(request: Request) -> Any:
         try:
             result = manager.complete_opt_in(str(request.url), actor=actor)
         except errors.OptinError as exc:
