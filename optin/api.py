@@ -441,9 +441,9 @@ class Manager:
     def _origin_of(self, company: Company) -> str:
         if company.state != State.PENDING:
             return company.state.value
-        latest = self.store.latest_pending(company.id)
+        origin = self.store.latest_origin_state(company.id)
         # A pending company always has a link row; unauthorized is the safe origin.
-        return latest.origin_state if latest is not None else State.UNAUTHORIZED.value
+        return origin if origin is not None else State.UNAUTHORIZED.value
 
     # -- authorized companies ---------------------------------------------------
 
@@ -460,7 +460,7 @@ class Manager:
         grant = self.store.get_grant(company_id)
         if grant is None:
             raise errors.StoreError(
-                f"company_id={company_id!r} is authorized but holds no tokens; "
+                f"company_id={company_id!r} is authorized but has no stored tokens; "
                 "record a password change or opt it out, then opt in again"
             )
         owner = uuid.uuid4().hex

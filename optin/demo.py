@@ -186,7 +186,7 @@ def _complete(
     landed = http.get(callback_url)
     if landed.status_code != 200:
         raise DemoFailure(
-            f"callback receiver answered HTTP {landed.status_code}: {landed.text}"
+            f"callback receiver returned HTTP {landed.status_code}: {landed.text}"
         )
 
 

@@ -22,7 +22,7 @@
     │   ├── UPSTimeout
     │   ├── UPSConnectionError
     │   └── RefreshInProgress       another worker holds the company's refresh
-    └── UPSError                    UPS answered with its error envelope
+    └── UPSError                    UPS returned its error envelope
         ├── GrantRevoked            the refresh token is dead: a new opt-in is needed
         ├── CodeRejected            the authorization code is invalid or used
         ├── InvalidRequest          any other 400
@@ -150,14 +150,14 @@ class RefreshInProgress(TransientError):
 
 
 class UPSError(OptinError):
-    """UPS answered with an error envelope (or an error status)."""
+    """UPS returned an error envelope or an error status."""
 
     def __init__(self, status: int, code: str, message: str, action: str) -> None:
         self.status = status
         self.code = code
         self.ups_message = message
         super().__init__(
-            f"UPS answered HTTP {status} (code {code or '-'}: {message or '-'}); "
+            f"UPS returned HTTP {status} (code {code or '-'}: {message or '-'}); "
             f"{action}"
         )
 

@@ -12,7 +12,7 @@ LOOPBACK = "127.0.0.1"
 
 
 def require_extra(module: str, extra: str = "server") -> Any:
-    """Import an optional dependency or say which extra installs it."""
+    """Import an optional dependency, or raise ImportError naming the extra."""
     try:
         return __import__(module)
     except ImportError:

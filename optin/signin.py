@@ -93,7 +93,7 @@ def sign_in(
         response = http.get(urljoin(str(response.url), response.headers["location"]))
     if response.status_code != 200:
         raise SignInError(
-            f"authorize answered HTTP {response.status_code}: {response.text}"
+            f"authorize returned HTTP {response.status_code}: {response.text}"
         )
 
     response = _submit(http, response, "login", {"userid": login, "agreement": "yes"})
@@ -102,5 +102,5 @@ def sign_in(
     response = _submit(http, response, "consent", {"decision": decision})
     if response.status_code not in (302, 303):
         _form_of(response, "consent")  # raises with the page's error text
-        raise SignInError(f"consent answered HTTP {response.status_code}")
+        raise SignInError(f"consent returned HTTP {response.status_code}")
     return urljoin(str(response.url), response.headers["location"])

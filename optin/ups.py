@@ -1,6 +1,6 @@
 """The UPS OAuth client: authorization URL, code exchange and refresh.
 
-This is the only module that speaks HTTP to UPS. It knows nothing of
+This is the only module that sends HTTP requests to UPS. It has no notion of
 companies or the database. UPS's wire format has quirks this module absorbs:
 
 - the token JSON carries every number as a string (``"expires_in": "3599"``),
@@ -206,7 +206,7 @@ class UPSClient:
                 f"{type(exc).__name__}; check the network and the base URL. "
                 f"{_AFTER_TRANSIENT[kind]}"
             ) from None
-        logger.info("UPS %s answered HTTP %s", kind, response.status_code)
+        logger.info("UPS %s returned HTTP %s", kind, response.status_code)
         if response.status_code != 200:
             raise error_from_response(response, kind)
         try:
