@@ -281,6 +281,7 @@ class Manager:
                 "one; use the newest link or begin a new opt-in"
             )
         if pending.status == "exchanging":
+            self._check_interrupted(pending)
             raise errors.TransientError(
                 f"the callback of company_id={company_id!r} is being completed by "
                 "another request; check the company's state in a moment"
@@ -299,6 +300,29 @@ class Manager:
                 f"{utc_text(pending.expires_at)}; begin a new opt-in"
             )
         return None
+
+    def _check_interrupted(self, pending: PendingRecord) -> None:
+        """Close a link whose code exchange outlived any live request.
+
+        A process killed during the exchange leaves the link ``exchanging``.
+        UPS may have used the code, so it is never resent; the link fails.
+        """
+        allowed = timedelta(seconds=self.settings.timeout) + LEASE_MARGIN
+        if (
+            pending.claimed_at is None
+            or pending.claimed_at + allowed > self.store.now()
+        ):
+            return
+        with self.store.immediate():
+            self.store.set_pending_status(pending.state_hash, "failed", "exchanging")
+        logger.warning(
+            "company %s: closed a link whose code exchange was interrupted",
+            pending.company_id,
+        )
+        raise errors.CallbackError(
+            f"the code exchange for company_id={pending.company_id!r} was "
+            "interrupted and UPS may have used the code; begin a new opt-in"
+        )
 
     def _deny(
         self, pending: PendingRecord, params: CallbackParams, actor: str

@@ -453,7 +453,14 @@ def receiver(obj: Context, host: str, port: int | None, allow_remote: bool) -> N
     port = port or urlsplit(settings.redirect_uri).port or 8766
     manager = Manager(settings)
     click.echo(f"callback receiver on http://{host}:{port} for {settings.redirect_uri}")
-    uvicorn.run(create_receiver(manager), host=host, port=port, log_level="warning")
+    uvicorn.run(
+        create_receiver(manager),
+        host=host,
+        port=port,
+        log_level="warning",
+        # Access logs would contain callback URLs, and so authorization codes.
+        access_log=False,
+    )
 
 
 @cli.command()

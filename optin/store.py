@@ -79,6 +79,8 @@ class PendingRecord:
     created_at: datetime
     expires_at: datetime
     verifier: Secret
+    # When the code exchange began; None unless one did.
+    claimed_at: datetime | None = None
 
 
 # Named migrations, applied in order and recorded in the _migrations table.
@@ -156,8 +158,15 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
     db.table("meta").create({"name": str, "value": str}, pk="name")
 
 
+def _m002_pending_claimed_at(db: sqlite_utils.Database) -> None:
+    # When a code exchange began, so that one cut short by a killed process
+    # can be recognised and closed instead of blocking the link forever.
+    db.table("pending").add_column("claimed_at", str)
+
+
 MIGRATIONS: Final[tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...]] = (
     ("001_initial", _m001_initial),
+    ("002_pending_claimed_at", _m002_pending_claimed_at),
 )
 
 
@@ -537,11 +546,14 @@ class Store:
         self, state_hash: str, status: str, expected: str, code_hash: str | None = None
     ) -> bool:
         """Compare-and-set one link's status. Call inside :meth:`immediate`."""
-        closed = None if status in ("open", "exchanging") else utc_text(self.now())
+        now = utc_text(self.now())
+        closed = None if status in ("open", "exchanging") else now
+        claimed = now if status == "exchanging" else None
         cursor = self.conn.execute(
             "UPDATE pending SET status = ?, closed_at = ?, "
+            "claimed_at = COALESCE(?, claimed_at), "
             "code_hash = COALESCE(?, code_hash) WHERE state_hash = ? AND status = ?",
-            (status, closed, code_hash, state_hash, expected),
+            (status, closed, claimed, code_hash, state_hash, expected),
         )
         return cursor.rowcount == 1
 
@@ -595,6 +607,7 @@ class Store:
             created_at=parse_utc(row["created_at"]),
             expires_at=parse_utc(row["expires_at"]),
             verifier=self._decrypt(row["verifier"]),
+            claimed_at=parse_utc(row["claimed_at"]) if row["claimed_at"] else None,
         )
 
     # -- encryption ---------------------------------------------------------

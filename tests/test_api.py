@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
 from optin import (
+    CallbackError,
     CompanyExists,
     CompanyNotFound,
     ConfigurationError,
@@ -17,9 +19,10 @@ from optin import (
     Manager,
     Settings,
     State,
+    TransientError,
     UsageError,
 )
-from tests.helpers import authorize, create_user
+from tests.helpers import authorize, callback_for, create_user
 
 CSV = "id,name,admin_email\nA-1,Alpha,a@alpha.example\nB-2,Beta,b@beta.example\n"
 
@@ -209,7 +212,7 @@ def test_history_is_append_only(manager: Manager) -> None:
 
 def test_migrations_recorded(manager: Manager) -> None:
     rows = manager.store.conn.execute("SELECT name FROM _migrations").fetchall()
-    assert [row[0] for row in rows] == ["001_initial"]
+    assert [row[0] for row in rows] == ["001_initial", "002_pending_claimed_at"]
     assert manager.store.migrate() == []
 
 
@@ -219,3 +222,26 @@ def test_repr_hides_secrets(manager: Manager, sandbox_http: httpx.Client) -> Non
     assert "state=" not in repr(link)
     assert "sandbox-secret" not in repr(manager.settings)
     assert "sandbox-secret" not in repr(manager.ups)
+
+
+def test_interrupted_exchange_closes_link(
+    settings: Settings, sandbox_http: httpx.Client
+) -> None:
+    """A process killed mid-exchange leaves the link claimed; later it fails."""
+    offset = timedelta()
+    with Manager(settings, clock=lambda: datetime.now(UTC) + offset) as manager:
+        manager.add_company("A-1", "Alpha", actor="ana")
+        url = callback_for(manager, sandbox_http, "A-1", create_user(sandbox_http))
+        pending = manager.store.get_pending(url.split("state=")[1].split("&")[0])
+        assert pending is not None
+        # Stand-in for the killed process: claim the link as the exchange does.
+        with manager.store.immediate():
+            manager.store.set_pending_status(pending.state_hash, "exchanging", "open")
+        with pytest.raises(TransientError, match="being completed"):
+            manager.complete_opt_in(url, actor="ana")
+        offset = timedelta(minutes=5)
+        with pytest.raises(CallbackError, match="interrupted"):
+            manager.complete_opt_in(url, actor="ana")
+        assert manager.get_company("A-1").state is State.PENDING
+        link = manager.begin_opt_in("A-1", actor="ana")
+        assert link.company_id == "A-1"
