@@ -828,6 +828,17 @@ def test_health(client: httpx.Client) -> None:
     assert client.get("/_sandbox/health").json() == {"status": "ok"}
 
 
+def test_app_module_reexports() -> None:
+    from optin.sandbox import app
+
+    for name in ("SandboxSettings", "create_app", "pkce_challenge", "sandbox_state"):
+        assert hasattr(app, name), name
+    # The S256 example of RFC 7636, appendix B.
+    verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
+    challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+    assert app.pkce_challenge(verifier) == challenge
+
+
 def test_serve_rejects_remote_host() -> None:
     with pytest.raises(ValueError, match="loopback"):
         serve(host="192.0.2.10")
