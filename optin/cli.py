@@ -34,6 +34,9 @@ EXIT_CODES: dict[type[errors.OptinError], int] = {
     errors.UsageError: 1,
 }
 COMPANY_COLUMNS = ("id", "name", "state", "updated_at", "access_expires_at")
+# Password of the sandbox's UPS.com users made from the companies CSV; the
+# sandbox opens nothing real.
+SANDBOX_ADMIN_PASSWORD = "sandbox"  # noqa: S105
 
 
 def exit_code_for(exc: errors.OptinError) -> int:
@@ -426,12 +429,54 @@ def diagram(
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True, type=int)
 @click.option("--allow-remote", is_flag=True, help="Allow a non-loopback host.")
-def sandbox(host: str, port: int, allow_remote: bool) -> None:
+@click.option(
+    "--admins",
+    "admins_csv",
+    default="data/companies.csv",
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Create a UPS.com user for each admin_email in this CSV, if it exists.",
+)
+@click.option(
+    "--admin-password",
+    default=SANDBOX_ADMIN_PASSWORD,
+    show_default=True,
+    help="Password of the users created from --admins.",
+)
+def sandbox(
+    host: str, port: int, allow_remote: bool, admins_csv: Path, admin_password: str
+) -> None:
     """Serve the UPS sandbox (OAuth endpoints and sign-in pages) on loopback."""
+    from optin.sandbox import SandboxSettings
     from optin.sandbox.server import serve
 
+    users = sandbox_users(admins_csv, admin_password)
     click.echo(f"UPS sandbox on http://{host}:{port} (Ctrl-C stops it)")
-    serve(host=host, port=port, allow_remote=allow_remote)
+    if users:
+        click.echo(
+            f"{len(users)} UPS.com users from {admins_csv}: sign in with the "
+            f"admin email and the password {admin_password!r}"
+        )
+    serve(
+        host=host,
+        port=port,
+        settings=SandboxSettings(users=users),
+        allow_remote=allow_remote,
+    )
+
+
+def sandbox_users(admins_csv: Path, password: str) -> list[tuple[str, str, str]]:
+    """Return (username, email, password) for each admin in the CSV file."""
+    if not admins_csv.exists():
+        return []
+    import csv
+
+    with admins_csv.open(newline="", encoding="utf-8") as handle:
+        emails = [row["admin_email"] for row in csv.DictReader(handle)]
+    return [
+        (f"{email.split('@')[0]}-{number}", email, password)
+        for number, email in enumerate(dict.fromkeys(e for e in emails if e), 1)
+    ]
 
 
 @cli.command()

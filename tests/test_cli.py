@@ -125,3 +125,28 @@ def test_unreachable_ups_exit_five(
     code, output = cli_run(["refresh", "A-1"])
     assert code == 5
     assert "the stored tokens are kept" in output
+
+
+def test_sandbox_users_from_csv(tmp_path: Path) -> None:
+    from optin.cli import sandbox_users
+    from optin.sandbox import start_sandbox
+    from optin.sandbox.app import SandboxSettings
+
+    source = tmp_path / "c.csv"
+    source.write_text(
+        "id,name,admin_email\nA,Alpha,a@a.example\nB,Beta,a@a.example\n",
+        encoding="utf-8",
+    )
+    users = sandbox_users(source, "pw")
+    assert users == [("a-1", "a@a.example", "pw")]
+    server = start_sandbox(port=0, settings=SandboxSettings(users=users))
+    try:
+        with httpx.Client(base_url=server.url) as http:
+            http.post("/_sandbox/reset").raise_for_status()
+            taken = http.post(
+                "/_sandbox/users",
+                json={"username": "a-1", "email": "x@a.example", "password": "p"},
+            )
+        assert taken.status_code == 409
+    finally:
+        server.stop()

@@ -30,6 +30,9 @@ class SandboxSettings:
     # Maximum number of OAuth requests kept in the request log; older ones are
     # discarded first.
     request_log_size: int = 1000
+    # UPS.com accounts present from the start and after every reset, as
+    # (username, email, password).
+    users: list[tuple[str, str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         lifetimes = {

@@ -216,6 +216,8 @@ class SandboxState:
         self.faults.clear()
         self.requests.clear()
         self._register_default_client()
+        for username, email, password in self.settings.users:
+            self.add_user(User(username=username, email=email, password=password))
 
     def _register_default_client(self) -> None:
         settings = self.settings
