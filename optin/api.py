@@ -497,6 +497,14 @@ class Manager:
                 "retry after it finishes"
             )
         try:
+            # Read again under the lease, because a worker that finished a
+            # refresh between the reads above and the claim has rotated the
+            # pair. The token read above is then dead and the version stale.
+            company = self.get_company(company_id)
+            next_state(company_id, "refresh", company.state)
+            grant = self.store.get_grant(company_id)
+            if grant is None:
+                raise errors.ConcurrentUpdate(company_id, "refresh")
             tokens = self.ups.refresh(grant.refresh_token)
         except errors.GrantRevoked as exc:
             rejected = f"UPS rejected the refresh token ({exc.code}: {exc.ups_message})"

@@ -17,6 +17,7 @@ import base64
 import hashlib
 import json
 import logging
+import math
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -75,8 +76,8 @@ class TokenSet:
     def from_response(cls, body: dict[str, Any], now: datetime) -> TokenSet:
         """Parse UPS's token JSON, accepting numbers as strings or as numbers."""
         try:
-            access = str(body["access_token"])
-            refresh = str(body["refresh_token"])
+            access = _token(body, "access_token")
+            refresh = _token(body, "refresh_token")
             expires_in = _seconds(body, "expires_in")
             refresh_expires_in = _seconds(body, "refresh_token_expires_in")
         except KeyError as exc:
@@ -88,30 +89,57 @@ class TokenSet:
             ) from None
         issued = _instant_ms(body.get("issued_at"), now)
         refresh_issued = _instant_ms(body.get("refresh_token_issued_at"), issued)
+        try:
+            expires_at = issued + timedelta(seconds=expires_in)
+            refresh_expires_at = refresh_issued + timedelta(seconds=refresh_expires_in)
+        except OverflowError:
+            raise errors.InvalidRequest(
+                200,
+                "",
+                "token response expiry is out of range: issued_at, "
+                "refresh_token_issued_at or a lifetime is too large",
+                "report this response to UPS",
+            ) from None
         return cls(
             access_token=Secret(access),
             refresh_token=Secret(refresh),
             token_type=str(body.get("token_type", "Bearer")),
             issued_at=issued,
-            expires_at=issued + timedelta(seconds=expires_in),
+            expires_at=expires_at,
             refresh_issued_at=refresh_issued,
-            refresh_expires_at=refresh_issued + timedelta(seconds=refresh_expires_in),
+            refresh_expires_at=refresh_expires_at,
             scope=_optional_str(body.get("scope")),
             status=_optional_str(body.get("status")),
         )
 
 
-def _seconds(body: dict[str, Any], name: str) -> float:
+def _token(body: dict[str, Any], name: str) -> str:
     value = body[name]
-    try:
-        return float(value)
-    except (TypeError, ValueError):
+    if not isinstance(value, str) or not value:
         raise errors.InvalidRequest(
             200,
             "",
-            f"token response field {name} is not a number: {value!r}",
+            f"token response field {name} is not a non-empty string",
             "report this response to UPS",
-        ) from None
+        )
+    return value
+
+
+def _seconds(body: dict[str, Any], name: str) -> float:
+    value = body[name]
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise errors.InvalidRequest(
+            200,
+            "",
+            f"token response field {name} is not a finite, non-negative number: "
+            f"{value!r}",
+            "report this response to UPS",
+        )
+    return seconds
 
 
 def _instant_ms(value: object, default: datetime) -> datetime:
@@ -218,6 +246,13 @@ class UPSClient:
                 "the body is not JSON",
                 "UPS sent an unreadable answer; retry later",
             ) from None
+        if not isinstance(body, dict):
+            raise errors.InvalidRequest(
+                response.status_code,
+                "",
+                "the token response is not a JSON object",
+                "check the base URL points at UPS's OAuth API",
+            )
         return TokenSet.from_response(body, now)
 
 
