@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 # How long a worker may hold a company's refresh lease, beyond the HTTP timeout.
 LEASE_MARGIN = timedelta(seconds=30)
+# Commits of a refreshed pair attempted before giving up on a locked database.
+STORE_ATTEMPTS = 3
 
 
 class Manager:
@@ -481,8 +483,7 @@ class Manager:
         """
         company = self.get_company(company_id)
         next_state(company_id, "refresh", company.state)
-        grant = self.store.get_grant(company_id)
-        if grant is None:
+        if self.store.count_grants(company_id) == 0:
             raise errors.StoreError(
                 f"company_id={company_id!r} is authorized but has no stored tokens; "
                 "record a password change or opt it out, then opt in again"
@@ -492,47 +493,98 @@ class Manager:
             self.store.now() + timedelta(seconds=self.settings.timeout) + LEASE_MARGIN
         )
         if not self.store.claim_refresh(company_id, owner, until):
+            if self.store.count_grants(company_id) == 0:
+                raise errors.ConcurrentUpdate(company_id, "refresh")
             raise errors.RefreshInProgress(
                 f"another worker is refreshing company_id={company_id!r}; "
                 "retry after it finishes"
             )
         try:
-            # Read again under the lease, because a worker that finished a
-            # refresh between the reads above and the claim has rotated the
-            # pair. The token read above is then dead and the version stale.
-            company = self.get_company(company_id)
-            next_state(company_id, "refresh", company.state)
-            grant = self.store.get_grant(company_id)
-            if grant is None:
-                raise errors.ConcurrentUpdate(company_id, "refresh")
+            return self._refresh_under_lease(company_id, actor, reason)
+        finally:
+            # A stored refresh or an invalidation already cleared the lease;
+            # this covers every other way out.
+            self._release_quietly(company_id, owner)
+
+    def _refresh_under_lease(
+        self, company_id: str, actor: str, reason: str | None
+    ) -> Company:
+        # Read again under the lease, because a worker that finished a refresh
+        # between the first read and the claim has rotated the pair: the token
+        # read before would be dead and the version stale.
+        company = self.get_company(company_id)
+        next_state(company_id, "refresh", company.state)
+        grant = self.store.get_grant(company_id)
+        if grant is None:
+            raise errors.ConcurrentUpdate(company_id, "refresh")
+        try:
             tokens = self.ups.refresh(grant.refresh_token)
         except errors.GrantRevoked as exc:
             rejected = f"UPS rejected the refresh token ({exc.code}: {exc.ups_message})"
-            self._invalidate(
-                company,
-                actor,
-                f"{reason}: {rejected}" if reason else rejected,
-                {"ups_status": exc.status, "ups_code": exc.code},
-            )
+            try:
+                self._invalidate(
+                    company,
+                    actor,
+                    f"{reason}: {rejected}" if reason else rejected,
+                    {"ups_status": exc.status, "ups_code": exc.code},
+                )
+            except errors.OptinError:
+                logger.error(
+                    "company %s: UPS rejected the refresh token, but marking the "
+                    "company invalidated failed; record the password change again",
+                    company_id,
+                )
+                raise
             raise
-        except BaseException:
-            self.store.release_refresh(company_id, owner)
-            raise
-
-        with self.store.immediate():
-            self.store.move(
-                company_id,
-                "refresh",
-                company.state,
-                company.version,
-                State.AUTHORIZED,
-                actor,
-                reason,
-                _token_details(tokens),
-            )
-            self.store.put_grant(company_id, _grant(tokens), refreshed=True)
+        self._store_refreshed(company, tokens, actor, reason)
         logger.info("company %s: refresh -> authorized", company_id)
         return self.get_company(company_id)
+
+    def _store_refreshed(
+        self, company: Company, tokens: TokenSet, actor: str, reason: str | None
+    ) -> None:
+        """Commit the rotated pair, retrying while the database is busy.
+
+        UPS has already killed the previous refresh token, so losing this
+        pair would cost the company its grant.
+        """
+        for attempt in range(1, STORE_ATTEMPTS + 1):
+            try:
+                with self.store.immediate():
+                    self.store.move(
+                        company.id,
+                        "refresh",
+                        company.state,
+                        company.version,
+                        State.AUTHORIZED,
+                        actor,
+                        reason,
+                        _token_details(tokens),
+                    )
+                    self.store.put_grant(company.id, _grant(tokens), refreshed=True)
+                return
+            except errors.DatabaseBusy:
+                if attempt == STORE_ATTEMPTS:
+                    logger.error(
+                        "company %s: UPS rotated the tokens but the database stayed "
+                        "locked %d times; the new pair is lost",
+                        company.id,
+                        attempt,
+                    )
+                    raise
+                logger.warning(
+                    "company %s: database busy storing refreshed tokens, retrying",
+                    company.id,
+                )
+
+    def _release_quietly(self, company_id: str, owner: str) -> None:
+        try:
+            self.store.release_refresh(company_id, owner)
+        except errors.OptinError as exc:
+            # The lease expires on its own; the original outcome matters more.
+            logger.warning(
+                "company %s: refresh lease not released: %s", company_id, exc
+            )
 
     def refresh_all(
         self,

@@ -1,0 +1,86 @@
+"""Storing a refreshed pair survives a briefly locked database."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import httpx
+import pytest
+
+import optin.store
+from optin import DatabaseBusy, Manager, Settings, State
+from optin.secret import Secret
+from optin.ups import TokenSet
+from tests.helpers import authorize
+
+
+def hold_lock(path: str, seconds: float, taken: threading.Event) -> None:
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("BEGIN IMMEDIATE")
+    taken.set()
+    time.sleep(seconds)
+    connection.execute("ROLLBACK")
+    connection.close()
+
+
+def lock_after_refresh(manager: Manager, seconds: float) -> list[threading.Thread]:
+    """Wrap the real UPS refresh so that another connection locks the file
+    right after UPS rotated the pair, before optin stores it."""
+    real_refresh = manager.ups.refresh
+    holders: list[threading.Thread] = []
+
+    def refresh_then_lock(token: Secret) -> TokenSet:
+        tokens = real_refresh(token)
+        taken = threading.Event()
+        holder = threading.Thread(
+            target=hold_lock, args=(str(manager.store.path), seconds, taken)
+        )
+        holder.start()
+        taken.wait(5)
+        holders.append(holder)
+        return tokens
+
+    manager.ups.refresh = refresh_then_lock  # type: ignore[method-assign]
+    return holders
+
+
+def test_refresh_retries_busy_store(
+    settings: Settings,
+    sandbox_http: httpx.Client,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(optin.store, "BUSY_TIMEOUT_MS", 200)
+    with Manager(settings) as manager:
+        manager.add_company("A-1", "Alpha", actor="ana")
+        authorize(manager, sandbox_http, "A-1")
+        before = manager.store.get_grant("A-1")
+        holders = lock_after_refresh(manager, 0.3)
+        company = manager.refresh("A-1", actor="job")
+        for holder in holders:
+            holder.join()
+        after = manager.store.get_grant("A-1")
+    assert company.state is State.AUTHORIZED
+    assert before is not None and after is not None
+    assert after.refresh_token != before.refresh_token
+    assert "database busy storing refreshed tokens, retrying" in caplog.text
+
+
+def test_refresh_lock_outlasts_retries(
+    settings: Settings, sandbox_http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(optin.store, "BUSY_TIMEOUT_MS", 100)
+    with Manager(settings) as manager:
+        manager.add_company("A-1", "Alpha", actor="ana")
+        authorize(manager, sandbox_http, "A-1")
+        holders = lock_after_refresh(manager, 1.5)
+        with pytest.raises(DatabaseBusy, match="stayed locked"):
+            manager.refresh("A-1", actor="job")
+        for holder in holders:
+            holder.join()
+        company = manager.get_company("A-1")
+        history = manager.get_history("A-1")
+    assert company.state is State.AUTHORIZED
+    assert history[-1].trigger == "authorize"
