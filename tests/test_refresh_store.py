@@ -5,14 +5,17 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
 import optin.store
-from optin import DatabaseBusy, Manager, Settings, State
+from optin import DatabaseBusy, GrantRevoked, Manager, Settings, State, UPSTimeout
+from optin.sandbox import SandboxServer
 from optin.secret import Secret
 from optin.ups import TokenSet
+from tests.conftest import make_settings
 from tests.helpers import authorize
 
 
@@ -84,3 +87,24 @@ def test_refresh_lock_outlasts_retries(
         history = manager.get_history("A-1")
     assert company.state is State.AUTHORIZED
     assert history[-1].trigger == "authorize"
+
+
+def test_timeout_after_rotation_invalidates(
+    tmp_path: Path, sandbox: SandboxServer, sandbox_http: httpx.Client
+) -> None:
+    """UPS rotates the pair although the client timed out, as a real server
+    would; the kept token is then dead and the next refresh invalidates."""
+    settings = make_settings(tmp_path, sandbox.url, timeout=0.5)
+    with Manager(settings) as manager:
+        manager.add_company("A-1", "Alpha", actor="ana")
+        authorize(manager, sandbox_http, "A-1")
+        sandbox_http.post(
+            "/_sandbox/faults", json={"endpoint": "refresh", "delay": 1.0, "count": 1}
+        ).raise_for_status()
+        with pytest.raises(UPSTimeout, match="the stored tokens are kept"):
+            manager.refresh("A-1", actor="job")
+        assert manager.get_company("A-1").state is State.AUTHORIZED
+        time.sleep(1.0)
+        with pytest.raises(GrantRevoked):
+            manager.refresh("A-1", actor="job")
+        assert manager.get_company("A-1").state is State.INVALIDATED

@@ -258,6 +258,9 @@ async def _token_request(
     request: Request, endpoint: FaultEndpoint, handler: TokenHandler
 ) -> Response:
     state = request_state(request)
+    # Read the body before any delay fault, as a real server has it by then:
+    # a client that times out during the delay does not stop the work.
+    await request.body()
     fault = await apply_fault(state, endpoint)
     try:
         body = await handler(state, request)
