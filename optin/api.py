@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 # How long a worker may hold a company's refresh lease, beyond the HTTP timeout.
 LEASE_MARGIN = timedelta(seconds=30)
+# Header of the CSV file that export_links writes.
+LINK_COLUMNS = ("company_id", "name", "admin_email", "link", "link_expires_at")
 # Commits of a refreshed pair attempted before giving up on a locked database.
 STORE_ATTEMPTS = 3
 
@@ -211,6 +213,36 @@ class Manager:
             if progress is not None:
                 progress(done, len(companies))
         return links, failed
+
+    def export_links(self, links: Iterable[AuthorizationLink], path: Path | str) -> int:
+        """Write links to a CSV file for the admins; return the number of rows.
+
+        Columns: company_id, name, admin_email, link, link_expires_at (ISO
+        8601, UTC). The file is made owner-only before any link is written,
+        because whoever signs in through a link connects their UPS.com
+        account to that company.
+        """
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.touch(mode=0o600)
+        target.chmod(0o600)
+        count = 0
+        with target.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(LINK_COLUMNS)
+            for link in links:
+                company = self.get_company(link.company_id)
+                writer.writerow(
+                    [
+                        company.id,
+                        company.name,
+                        company.admin_email or "",
+                        link.url,
+                        link.expires_at.isoformat(),
+                    ]
+                )
+                count += 1
+        return count
 
     def cancel_opt_in(
         self, company_id: str, *, actor: str, reason: str | None = None

@@ -191,22 +191,8 @@ def begin_all(
     """Begin opt-ins in bulk, e.g. re-opt-in of invalidated companies."""
     with obj.manager() as manager:
         links, failed = manager.begin_opt_in_all(state, actor=obj.actor, reason=reason)
-        emails = {c.id: c.admin_email or "" for c in manager.list_companies()}
-    if links_csv is not None:
-        import csv
-
-        with links_csv.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["company_id", "admin_email", "url", "expires_at"])
-            for link in links:
-                writer.writerow(
-                    [
-                        link.company_id,
-                        emails.get(link.company_id, ""),
-                        link.url,
-                        link.expires_at.isoformat(),
-                    ]
-                )
+        if links_csv is not None:
+            manager.export_links(links, links_csv)
     data = {"started": [link.company_id for link in links], "failed": failed}
     obj.emit(data, lambda: f"began {len(links)} opt-ins, {len(failed)} failed")
     if failed:

@@ -150,3 +150,19 @@ def test_sandbox_users_from_csv(tmp_path: Path) -> None:
         assert taken.status_code == 409
     finally:
         server.stop()
+
+
+def test_begin_all_writes_links(
+    env: Settings, sandbox_http: httpx.Client, tmp_path: Path
+) -> None:
+    cli_run(["add", "A-1", "Alpha", "--email", "a@alpha.example"])
+    with Manager(env) as manager:
+        authorize(manager, sandbox_http, "A-1")
+        manager.record_password_change("A-1", actor="ana")
+    target = tmp_path / "links.csv"
+    code, _ = cli_run(["begin-all", "--links-csv", str(target)])
+    assert code == 0
+    rows = target.read_text(encoding="utf-8").splitlines()
+    assert rows[0] == "company_id,name,admin_email,link,link_expires_at"
+    assert rows[1].startswith("A-1,Alpha,a@alpha.example,http://127.0.0.1:")
+    assert target.stat().st_mode & 0o777 == 0o600
