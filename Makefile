@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck pytest bench sandbox readme clean
+.PHONY: install demo test lint typecheck pytest bench sandbox readme console clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,3 +42,7 @@ clean:
 # Regenerate the README's lifecycle table and diagram from optin/lifecycle.py.
 readme: $(STAMP)
 	$(BIN)/optin diagram --write-readme README.md
+
+# Serve the analyst console notebook as a web page on loopback.
+console: $(STAMP)
+	$(BIN)/voila --Voila.ip=127.0.0.1 --port=8866 --no-browser notebooks/analyst_console.ipynb

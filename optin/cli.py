@@ -24,6 +24,7 @@ from optin import errors
 from optin.api import Manager
 from optin.config import Settings
 from optin.lifecycle import lifecycle_markdown, mermaid_diagram, transition_rows
+from optin.local import SANDBOX_ADMIN_PASSWORD, sandbox_users
 from optin.models import Company, HistoryEntry
 
 EXIT_CODES: dict[type[errors.OptinError], int] = {
@@ -34,9 +35,6 @@ EXIT_CODES: dict[type[errors.OptinError], int] = {
     errors.UsageError: 1,
 }
 COMPANY_COLUMNS = ("id", "name", "state", "updated_at", "access_expires_at")
-# Password of the sandbox's UPS.com users made from the companies CSV; the
-# sandbox opens nothing real.
-SANDBOX_ADMIN_PASSWORD = "sandbox"  # noqa: S105
 
 
 def exit_code_for(exc: errors.OptinError) -> int:
@@ -449,20 +447,6 @@ def sandbox(
         settings=SandboxSettings(users=users),
         allow_remote=allow_remote,
     )
-
-
-def sandbox_users(admins_csv: Path, password: str) -> list[tuple[str, str, str]]:
-    """Return (username, email, password) for each admin in the CSV file."""
-    if not admins_csv.exists():
-        return []
-    import csv
-
-    with admins_csv.open(newline="", encoding="utf-8") as handle:
-        emails = [row["admin_email"] for row in csv.DictReader(handle)]
-    return [
-        (f"{email.split('@')[0]}-{number}", email, password)
-        for number, email in enumerate(dict.fromkeys(e for e in emails if e), 1)
-    ]
 
 
 @cli.command()

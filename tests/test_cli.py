@@ -128,7 +128,7 @@ def test_unreachable_ups_exit_five(
 
 
 def test_sandbox_users_from_csv(tmp_path: Path) -> None:
-    from optin.cli import sandbox_users
+    from optin.local import sandbox_users
     from optin.sandbox import start_sandbox
     from optin.sandbox.app import SandboxSettings
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -98,6 +99,8 @@ def _serve_receiver(settings: Settings, port: int) -> Any:
 
 
 def _default_actor() -> str:
+    if os.environ.get("OPTIN_ACTOR"):
+        return os.environ["OPTIN_ACTOR"]
     try:
         return getpass.getuser()
     except (KeyError, OSError):
