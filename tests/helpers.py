@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import socket
+from datetime import UTC, datetime, timedelta
 
 import httpx
 
@@ -52,3 +54,23 @@ def authorize(
     login = login or create_user(sandbox_http, password)
     url = callback_for(manager, sandbox_http, company_id, login, password)
     return manager.complete_opt_in(url, actor="test")
+
+
+def free_port() -> int:
+    """Return a loopback port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class MovableClock:
+    """A clock for ``Manager(clock=...)`` that a test moves forward by hand."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)

@@ -33,6 +33,7 @@ from playwright.sync_api import BrowserContext, Page, Route, expect, sync_playwr
 from optin import Manager, Settings, State
 from optin.config import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 from optin.sandbox import SandboxServer
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.browser
 
@@ -70,12 +71,6 @@ def require_chromium() -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI is set, so the browser test must run)")
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

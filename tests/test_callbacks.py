@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import threading
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
@@ -34,6 +33,7 @@ from optin.errors import (
 from optin.lifecycle import State
 from optin.sandbox import SandboxServer
 from optin.signin import sign_in
+from tests.helpers import MovableClock
 
 ACTOR = "callback-test"
 COMPANY = "ACME-01"
@@ -124,19 +124,6 @@ def test_callback_state_of_other_database(
 
     assert snapshot(manager) == before
     assert token_requests(sandbox_http) == 0
-
-
-class MovableClock:
-    """A clock for Manager(clock=...) that a test moves forward by hand."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 def test_callback_expired_link(

@@ -12,7 +12,6 @@ import secrets
 import tempfile
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -48,6 +47,7 @@ from optin.lifecycle import (
 )
 from optin.sandbox import SandboxServer
 from optin.signin import sign_in
+from tests.helpers import MovableClock
 
 COMPANIES = ("ACME-01", "BOLT-02")
 ACTOR = "property-test"
@@ -80,19 +80,6 @@ MACHINE_SETTINGS = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-
-
-class MovableClock:
-    """A clock for Manager(clock=...) that only moves when a rule moves it."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 def expected_move(

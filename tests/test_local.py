@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import httpx
@@ -11,14 +10,9 @@ from optin import Manager, Settings
 from optin.local import ensure_sandbox, import_if_empty, sandbox_running
 from optin.sandbox import SandboxServer
 from tests.conftest import make_settings
+from tests.helpers import free_port
 
 COMPANIES = Path(__file__).resolve().parent.parent / "data" / "companies.csv"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_ensure_sandbox_reuses_running(tmp_path: Path, sandbox: SandboxServer) -> None:

@@ -9,7 +9,6 @@ variables, as they would in Jupyter.
 from __future__ import annotations
 
 import csv
-import socket
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ from optin import Manager, Settings, State
 from optin.config import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 from optin.sandbox import SandboxServer
 from optin.signin import sign_in
+from tests.helpers import free_port
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 KERNEL_NAME = "python3"
@@ -42,12 +42,6 @@ SEEDED_STATES = {
     "CO-OUT": State.OPTED_OUT,
     "CO-PEND": State.PENDING,
 }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
