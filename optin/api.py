@@ -14,6 +14,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from optin.models import (
     SweepReport,
 )
 from optin.store import GrantRecord, PendingRecord, Store, digest, utc_text
+from optin.sweep import SweepTracker
 from optin.ups import TokenSet, UPSClient, make_pkce_pair
 
 logger = logging.getLogger(__name__)
@@ -626,56 +628,47 @@ class Manager:
         due_within: timedelta | None = None,
         max_invalidations: int | None = None,
         max_transient_in_a_row: int = 5,
+        workers: int = 1,
         progress: Callable[[int, int], None] | None = None,
     ) -> SweepReport:
         """Refresh every authorized company (or those expiring within ``due_within``).
 
-        The sweep stops early, leaving the rest untouched, when UPS rejects the
-        client itself (no company is at fault), after ``max_transient_in_a_row``
-        transient errors in a row (an outage), or once ``max_invalidations``
-        grants died (default: 10, or a fifth of the companies if more), since
-        a sudden wave of dead grants more often means trouble at UPS.
+        ``workers`` threads send refreshes in parallel over this Manager's
+        HTTP client; the database writes stay serialized. The sweep stops
+        early, leaving the rest untouched (listed as skipped), when UPS
+        rejects the client, after ``max_transient_in_a_row`` transient errors
+        in a row, or once ``max_invalidations`` grants died (default: 10, or
+        a fifth of the companies when that is more). See SweepTracker.
         """
         companies = self._due(due_within)
         limit = max_invalidations
         if limit is None:
             limit = max(10, len(companies) // 5)
-        report = SweepReport()
-        transient_run = 0
-        for done, company in enumerate(companies, start=1):
-            if progress is not None:
-                progress(done, len(companies))
+        tracker = SweepTracker(len(companies), limit, max_transient_in_a_row, progress)
+
+        def refresh_one(company_id: str) -> None:
+            if tracker.stopped:
+                tracker.skip(company_id)
+                return
             try:
-                self.refresh(company.id, actor=actor, reason=reason)
-            except errors.GrantRevoked:
-                report.invalidated.append(company.id)
-                transient_run = 0
-                if len(report.invalidated) >= limit and done < len(companies):
-                    report.stopped_reason = (
-                        f"{limit} grants died in this sweep; stopped to avoid mass "
-                        "invalidation. Check UPS status and the client credentials, "
-                        "then rerun with a higher max_invalidations if expected"
-                    )
-                    break
-            except (errors.ClientRejected, errors.Blocked) as exc:
-                report.failed[company.id] = str(exc)
-                report.stopped_reason = f"UPS rejected the client: {exc}"
-                break
-            except errors.TransientError as exc:
-                report.failed[company.id] = str(exc)
-                transient_run += 1
-                if transient_run >= max_transient_in_a_row:
-                    report.stopped_reason = (
-                        f"{transient_run} transient errors in a row; UPS seems "
-                        "unavailable. The tokens are kept; rerun later"
-                    )
-                    break
+                self.refresh(company_id, actor=actor, reason=reason)
             except errors.OptinError as exc:
-                report.failed[company.id] = str(exc)
-                transient_run = 0
+                tracker.record(company_id, exc)
             else:
-                report.refreshed.append(company.id)
-                transient_run = 0
+                tracker.record(company_id, None)
+
+        ids = [company.id for company in companies]
+        if workers <= 1:
+            for company_id in ids:
+                refresh_one(company_id)
+        else:
+            # Submit in chunks: Executor.map queues every task at once, which
+            # for hundreds of thousands of companies costs memory for nothing.
+            chunk = workers * 64
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for start in range(0, len(ids), chunk):
+                    list(pool.map(refresh_one, ids[start : start + chunk]))
+        report = tracker.report
         if report.stopped_reason:
             logger.warning("refresh sweep stopped: %s", report.stopped_reason)
         return report

@@ -240,12 +240,20 @@ def refresh(obj: Context, company_id: str, reason: str | None) -> None:
     type=int,
     help="Stop after this many dead grants [default: max(10, 20% of companies)].",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Refreshes sent to UPS in parallel.",
+)
 @with_reason
 @pass_context
 def refresh_all(
     obj: Context,
     due_within: float | None,
     max_invalidations: int | None,
+    workers: int,
     reason: str | None,
 ) -> None:
     """Refresh every authorized company; dead grants become invalidated."""
@@ -256,6 +264,7 @@ def refresh_all(
             reason=reason,
             due_within=window,
             max_invalidations=max_invalidations,
+            workers=workers,
         )
     obj.emit(report.as_dict(), lambda: _sweep_text(report.as_dict()))
     if report.failed or report.stopped_reason:
@@ -267,6 +276,7 @@ def _sweep_text(report: dict[str, Any]) -> str:
         f"refreshed: {len(report['refreshed'])}",
         f"invalidated: {len(report['invalidated'])} {' '.join(report['invalidated'])}",
         f"failed: {len(report['failed'])}",
+        f"skipped: {len(report['skipped'])}",
     ]
     lines += [
         f"  {company}: {message}" for company, message in report["failed"].items()
