@@ -70,6 +70,10 @@ class SweepTracker:
         elif isinstance(error, errors.ClientRejected | errors.Blocked):
             report.failed[company_id] = str(error)
             self._stop(f"UPS rejected the client: {error}")
+        elif isinstance(error, errors.InvalidRequest):
+            # The same malformed request would fail for every company.
+            report.failed[company_id] = str(error)
+            self._stop(f"UPS rejected the refresh request itself: {error}")
         elif isinstance(error, errors.TransientError):
             report.failed[company_id] = str(error)
             self._transient_run += 1

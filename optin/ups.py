@@ -228,7 +228,8 @@ class UPSClient:
                 f"UPS {kind} at {self.settings.base_url}{path} timed out after "
                 f"{self.settings.timeout:g} s; {_AFTER_TRANSIENT[kind]}"
             ) from None
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:
+            # Connection trouble, or an answer httpx could not decode.
             raise errors.UPSConnectionError(
                 f"UPS {kind} at {self.settings.base_url}{path} failed with "
                 f"{type(exc).__name__}; check the network and the base URL. "
@@ -320,15 +321,6 @@ def error_from_response(response: httpx.Response, kind: str) -> errors.UPSError:
             "the grant is dead (password change, expiry or reuse); the company "
             "needs a new opt-in",
         )
-    if status == 400 and kind == "refresh":
-        # UPS documents no specific code for a password change; a 400 on
-        # refresh with another message still means this grant cannot refresh.
-        return errors.GrantRevoked(
-            status,
-            code,
-            message,
-            "UPS rejected the refresh; the company needs a new opt-in",
-        )
     if status == 400 and kind == "exchange":
         return errors.CodeRejected(
             status,
@@ -337,6 +329,12 @@ def error_from_response(response: httpx.Response, kind: str) -> errors.UPSError:
             "the authorization code is invalid, expired or already used; "
             "begin a new opt-in",
         )
+    # Any other 400 (or 404 from a wrong base URL) says nothing about the
+    # company's grant, so its tokens are kept.
     return errors.InvalidRequest(
-        status, code, message, f"UPS rejected the {kind} request"
+        status,
+        code,
+        message,
+        f"UPS rejected the {kind} request; the stored tokens are kept. Check "
+        "OPTIN_BASE_URL and report the message if it persists",
     )

@@ -21,7 +21,7 @@ from .state import FAULT_ENDPOINTS, Client, Fault, User, request_state
 
 logger = logging.getLogger(__name__)
 
-FAULT_STATUSES = (429, 500, 502, 503)
+FAULT_STATUSES = (400, 401, 403, 429, 500, 502, 503)
 MAX_FAULT_DELAY = 600.0
 
 
@@ -135,6 +135,10 @@ def _parse_fault(body: Mapping[str, Any], settings: SandboxSettings) -> Fault:
         if body["status"] not in FAULT_STATUSES:
             raise ControlError(400, f"'status' must be one of {list(FAULT_STATUSES)}")
         fault.status = int(body["status"])
+        message = body.get("message", "")
+        if not isinstance(message, str):
+            raise ControlError(400, "'message' must be a string")
+        fault.message = message
     elif kinds[0] == "delay":
         fault.kind = "delay"
         fault.delay = _number_field(body, "delay", 0.0, 0.0)

@@ -52,7 +52,11 @@ def invalid_client() -> OAuthError:
     return OAuthError(401, "10401", MSG_INVALID_CLIENT)
 
 
-def fault_error(status: int) -> OAuthError:
+def fault_error(status: int, message: str = "") -> OAuthError:
     if status == 429:
-        return OAuthError(429, "10429", "Rate Limit Exceeded")
-    return OAuthError(status, f"10{status}", HTTPStatus(status).phrase)
+        return OAuthError(429, "10429", message or "Rate Limit Exceeded")
+    if status == 401:
+        return OAuthError(401, "10401", message or "ClientId is Invalid")
+    if status == 403:
+        return OAuthError(403, "10403", message or "Blocked Merchant")
+    return OAuthError(status, f"10{status}", message or HTTPStatus(status).phrase)

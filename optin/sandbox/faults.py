@@ -30,7 +30,7 @@ async def apply_fault(state: SandboxState, endpoint: FaultEndpoint) -> Fault | N
         return None
     logger.info("Applying %s fault to the %s endpoint", fault.kind, endpoint)
     if fault.kind == "status":
-        raise fault_error(fault.status)
+        raise fault_error(fault.status, fault.message)
     if fault.kind == "delay":
         await asyncio.sleep(fault.delay)
     return fault

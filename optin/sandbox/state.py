@@ -143,6 +143,8 @@ class Fault:
     kind: Literal["status", "delay", "drop"]
     remaining: int
     status: int = 0
+    # Error message of a status fault; empty means the usual one for the status.
+    message: str = ""
     delay: float = 0.0
     hang: float = 0.0
 
