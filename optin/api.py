@@ -283,15 +283,15 @@ class Manager:
                 "no authorization link has this callback's state: it is forged, "
                 "mistyped or from another database. Begin a new opt-in"
             )
-        early = self._check_link(pending, params)
+        early = self._check_link(pending, params, actor)
         if early is not None:
             return early
         if params.error is not None:
-            return self._deny(pending, params, actor)
+            return self._deny(pending, params, actor, reason)
         return self._exchange(pending, params, actor, reason)
 
     def _check_link(
-        self, pending: PendingRecord, params: CallbackParams
+        self, pending: PendingRecord, params: CallbackParams, actor: str
     ) -> CallbackResult | None:
         company_id = pending.company_id
         if pending.status == "completed":
@@ -329,7 +329,7 @@ class Manager:
             )
         if pending.expires_at < self.store.now():
             self._close_link(
-                pending, "expired", "cancel", "system", "the authorization link expired"
+                pending, "expired", "cancel", actor, "the authorization link expired"
             )
             raise errors.ExpiredState(
                 f"the authorization link of company_id={company_id!r} expired at "
@@ -361,20 +361,30 @@ class Manager:
         )
 
     def _deny(
-        self, pending: PendingRecord, params: CallbackParams, actor: str
+        self,
+        pending: PendingRecord,
+        params: CallbackParams,
+        actor: str,
+        reason: str | None,
     ) -> CallbackResult:
-        reason = f"UPS returned error={params.error}"
+        denied = f"UPS returned error={params.error}"
         if params.error == "access_denied":
-            reason = (
+            denied = (
                 "the admin cancelled or denied consent at UPS (error=access_denied)"
             )
-        self._close_link(pending, "cancelled", "cancel", actor, reason)
+        self._close_link(
+            pending,
+            "cancelled",
+            "cancel",
+            actor,
+            f"{reason}: {denied}" if reason else denied,
+        )
         company = self.get_company(pending.company_id)
         return CallbackResult(
             pending.company_id,
             "cancelled",
             company,
-            f"company {pending.company_id} was not authorized: {reason}; it is "
+            f"company {pending.company_id} was not authorized: {denied}; it is "
             f"{company.state} again",
         )
 
@@ -463,10 +473,26 @@ class Manager:
         reason: str,
         expected_status: str = "open",
     ) -> None:
-        company = self.get_company(pending.company_id)
-        target = next_state(company.id, trigger, company.state, pending.origin_state)
+        """Close one link and move its company back, in one transaction.
+
+        The link's status is compare-and-set first: when a newer link
+        superseded it meanwhile, nothing changes and SupersededState is
+        raised, so an old link can never cancel a newer opt-in.
+        """
         with self.store.immediate():
-            self.store.set_pending_status(pending.state_hash, status, expected_status)
+            closed = self.store.set_pending_status(
+                pending.state_hash, status, expected_status
+            )
+            if not closed:
+                raise errors.SupersededState(
+                    f"the link of company_id={pending.company_id!r} was replaced or "
+                    "closed meanwhile; nothing changed. Use the newest link"
+                )
+            # Read inside the transaction: no other writer can run until commit.
+            company = self.get_company(pending.company_id)
+            target = next_state(
+                company.id, trigger, company.state, pending.origin_state
+            )
             self.store.move(
                 company.id,
                 trigger,
