@@ -427,16 +427,17 @@ class Manager:
                 expected_status="exchanging",
             )
             raise
-        except errors.OptinError:
-            # Outcome unknown (timeout, 5xx): UPS may have used the code, so the
-            # link is closed and the company stays pending until a new link.
+        except Exception:
+            # Outcome unknown (timeout, 5xx, an unreadable answer): UPS may have
+            # used the code, so the link is closed and the company stays pending
+            # until a new link.
             with self.store.immediate():
                 self.store.set_pending_status(
                     pending.state_hash, "failed", "exchanging"
                 )
             raise
 
-        with self.store.immediate():
+        def commit() -> None:
             if not self.store.set_pending_status(
                 pending.state_hash, "completed", "exchanging"
             ):
@@ -456,6 +457,9 @@ class Manager:
                 _token_details(tokens),
             )
             self.store.put_grant(company_id, _grant(tokens), refreshed=False)
+
+        # UPS has used the code, so these tokens cannot be had again.
+        self._commit_retrying(company_id, "authorize", commit)
         logger.info("company %s: authorize -> authorized", company_id)
         return CallbackResult(
             company_id,
@@ -603,38 +607,47 @@ class Manager:
     def _store_refreshed(
         self, company: Company, tokens: TokenSet, actor: str, reason: str | None
     ) -> None:
-        """Commit the rotated pair, retrying while the database is busy.
+        def commit() -> None:
+            self.store.move(
+                company.id,
+                "refresh",
+                company.state,
+                company.version,
+                State.AUTHORIZED,
+                actor,
+                reason,
+                _token_details(tokens),
+            )
+            self.store.put_grant(company.id, _grant(tokens), refreshed=True)
 
-        UPS has already killed the previous refresh token, so losing this
-        pair would cost the company its grant.
-        """
+        # UPS has already killed the previous refresh token, so losing this
+        # pair would cost the company its grant.
+        self._commit_retrying(company.id, "refresh", commit)
+
+    def _commit_retrying(
+        self, company_id: str, trigger: str, work: Callable[[], None]
+    ) -> None:
+        """Run ``work`` in one immediate transaction, retrying while the
+        database is busy, for tokens that UPS will not issue again."""
         for attempt in range(1, STORE_ATTEMPTS + 1):
             try:
                 with self.store.immediate():
-                    self.store.move(
-                        company.id,
-                        "refresh",
-                        company.state,
-                        company.version,
-                        State.AUTHORIZED,
-                        actor,
-                        reason,
-                        _token_details(tokens),
-                    )
-                    self.store.put_grant(company.id, _grant(tokens), refreshed=True)
+                    work()
                 return
             except errors.DatabaseBusy:
                 if attempt == STORE_ATTEMPTS:
                     logger.error(
-                        "company %s: UPS rotated the tokens but the database stayed "
-                        "locked %d times; the new pair is lost",
-                        company.id,
+                        "company %s: UPS issued tokens (%s) but the database stayed "
+                        "locked %d times; the new tokens are lost",
+                        company_id,
+                        trigger,
                         attempt,
                     )
                     raise
                 logger.warning(
-                    "company %s: database busy storing refreshed tokens, retrying",
-                    company.id,
+                    "company %s: database busy storing %s tokens, retrying",
+                    company_id,
+                    trigger,
                 )
 
     def _release_quietly(self, company_id: str, owner: str) -> None:

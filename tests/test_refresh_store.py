@@ -1,4 +1,4 @@
-"""Storing a refreshed pair survives a briefly locked database."""
+"""Storing tokens that UPS just issued survives a briefly locked database."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ from optin.sandbox import SandboxServer
 from optin.secret import Secret
 from optin.ups import TokenSet
 from tests.conftest import make_settings
-from tests.helpers import authorize
+from tests.helpers import authorize, callback_for, create_user
 
 
 def hold_lock(path: str, seconds: float, taken: threading.Event) -> None:
@@ -68,7 +69,7 @@ def test_refresh_retries_busy_store(
     assert company.state is State.AUTHORIZED
     assert before is not None and after is not None
     assert after.refresh_token != before.refresh_token
-    assert "database busy storing refreshed tokens, retrying" in caplog.text
+    assert "database busy storing refresh tokens, retrying" in caplog.text
 
 
 def test_refresh_lock_outlasts_retries(
@@ -108,3 +109,35 @@ def test_timeout_after_rotation_invalidates(
         with pytest.raises(GrantRevoked):
             manager.refresh("A-1", actor="job")
         assert manager.get_company("A-1").state is State.INVALIDATED
+
+
+def test_exchange_retries_busy_store(
+    settings: Settings,
+    sandbox_http: httpx.Client,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(optin.store, "BUSY_TIMEOUT_MS", 200)
+    with Manager(settings) as manager:
+        manager.add_company("A-1", "Alpha", actor="ana")
+        callback = callback_for(manager, sandbox_http, "A-1", create_user(sandbox_http))
+        real_exchange = manager.ups.exchange_code
+        holders: list[threading.Thread] = []
+
+        def exchange_then_lock(*args: Any) -> TokenSet:
+            tokens = real_exchange(*args)
+            taken = threading.Event()
+            holder = threading.Thread(
+                target=hold_lock, args=(str(manager.store.path), 0.3, taken)
+            )
+            holder.start()
+            taken.wait(5)
+            holders.append(holder)
+            return tokens
+
+        manager.ups.exchange_code = exchange_then_lock  # type: ignore[method-assign]
+        result = manager.complete_opt_in(callback, actor="ana")
+        for holder in holders:
+            holder.join()
+    assert result.outcome == "authorized"
+    assert "database busy storing authorize tokens, retrying" in caplog.text
