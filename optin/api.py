@@ -31,6 +31,7 @@ from optin.models import (
     HistoryEntry,
     SweepReport,
 )
+from optin.secret import Secret
 from optin.store import GrantRecord, PendingRecord, Store, digest, utc_text
 from optin.sweep import SweepTracker
 from optin.ups import TokenSet, UPSClient, make_pkce_pair
@@ -545,6 +546,15 @@ class Manager:
         A dead grant moves the company to ``invalidated`` (and raises
         GrantRevoked); transient trouble keeps the tokens and raises.
         """
+        return self._refresh(company_id, actor, reason, may_invalidate=None)
+
+    def _refresh(
+        self,
+        company_id: str,
+        actor: str,
+        reason: str | None,
+        may_invalidate: Callable[[], bool] | None,
+    ) -> Company:
         company = self.get_company(company_id)
         next_state(company_id, "refresh", company.state)
         if self.store.count_grants(company_id) == 0:
@@ -553,9 +563,7 @@ class Manager:
                 "record a password change or opt it out, then opt in again"
             )
         owner = uuid.uuid4().hex
-        until = (
-            self.store.now() + timedelta(seconds=self.settings.timeout) + LEASE_MARGIN
-        )
+        until = self.store.now() + refresh_lease(self.settings.timeout)
         if not self.store.claim_refresh(company_id, owner, until):
             if self.store.count_grants(company_id) == 0:
                 raise errors.ConcurrentUpdate(company_id, "refresh")
@@ -564,14 +572,18 @@ class Manager:
                 "retry after it finishes"
             )
         try:
-            return self._refresh_under_lease(company_id, actor, reason)
+            return self._refresh_under_lease(company_id, actor, reason, may_invalidate)
         finally:
             # A stored refresh or an invalidation already cleared the lease;
             # this covers every other way out.
             self._release_quietly(company_id, owner)
 
     def _refresh_under_lease(
-        self, company_id: str, actor: str, reason: str | None
+        self,
+        company_id: str,
+        actor: str,
+        reason: str | None,
+        may_invalidate: Callable[[], bool] | None,
     ) -> Company:
         # Read again under the lease, because a worker that finished a refresh
         # between the first read and the claim has rotated the pair: the token
@@ -584,6 +596,9 @@ class Manager:
         try:
             tokens = self.ups.refresh(grant.refresh_token)
         except errors.GrantRevoked as exc:
+            if may_invalidate is not None and not may_invalidate():
+                exc.company_invalidated = False
+                raise
             rejected = f"UPS rejected the refresh token ({exc.code}: {exc.ups_message})"
             try:
                 self._invalidate(
@@ -591,6 +606,7 @@ class Manager:
                     actor,
                     f"{reason}: {rejected}" if reason else rejected,
                     {"ups_status": exc.status, "ups_code": exc.code},
+                    sent_refresh_token=grant.refresh_token,
                 )
             except errors.OptinError:
                 logger.error(
@@ -690,7 +706,7 @@ class Manager:
                 tracker.skip(company_id)
                 return
             try:
-                self.refresh(company_id, actor=actor, reason=reason)
+                self._refresh(company_id, actor, reason, tracker.reserve_invalidation)
             except errors.OptinError as exc:
                 tracker.record(company_id, exc)
             else:
@@ -734,9 +750,20 @@ class Manager:
         return self.get_company(company_id)
 
     def _invalidate(
-        self, company: Company, actor: str, reason: str, details: dict[str, Any]
+        self,
+        company: Company,
+        actor: str,
+        reason: str,
+        details: dict[str, Any],
+        sent_refresh_token: Secret | None = None,
     ) -> None:
         with self.store.immediate():
+            if sent_refresh_token is not None:
+                # A worker whose lease ran out may have rotated the pair after
+                # this one read it; then the rejection says nothing of the grant.
+                current = self.store.get_grant(company.id)
+                if current is None or current.refresh_token != sent_refresh_token:
+                    raise errors.ConcurrentUpdate(company.id, "invalidate")
             self.store.move(
                 company.id,
                 "invalidate",
@@ -783,6 +810,15 @@ class Manager:
             self.store.delete_grant(company_id)
         logger.info("company %s: opt_out -> opted_out", company_id)
         return self.get_company(company_id)
+
+
+def refresh_lease(timeout: float) -> timedelta:
+    """Return how long a worker holds a company's refresh lease.
+
+    httpx applies ``timeout`` to each phase of a request (connect, write,
+    read, pool) separately, so one request may take up to four timeouts.
+    """
+    return timedelta(seconds=4 * timeout) + LEASE_MARGIN
 
 
 def _grant(tokens: TokenSet) -> GrantRecord:

@@ -163,7 +163,10 @@ class UPSError(OptinError):
 
 
 class GrantRevoked(UPSError):
-    pass
+    def __init__(self, status: int, code: str, message: str, action: str) -> None:
+        super().__init__(status, code, message, action)
+        # False when a sweep's invalidation limit kept the company authorized.
+        self.company_invalidated = True
 
 
 class CodeRejected(UPSError):

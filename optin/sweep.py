@@ -33,6 +33,7 @@ class SweepTracker:
         self._progress = progress
         self._transient_run = 0
         self._done = 0
+        self._reserved = 0
         self._lock = threading.Lock()
 
     @property
@@ -47,6 +48,27 @@ class SweepTracker:
             if self._progress is not None:
                 self._progress(self._done, self._total)
 
+    def reserve_invalidation(self) -> bool:
+        """Claim one of the sweep's invalidations; False once all are taken.
+
+        Parallel workers call this before invalidating, so in-flight
+        refreshes cannot push the sweep past ``max_invalidations``.
+        """
+        with self._lock:
+            if self._reserved >= self._max_invalidations:
+                return False
+            self._reserved += 1
+            # The company asking has not been recorded yet.
+            remaining = self._total - self._done - 1
+            if self._reserved >= self._max_invalidations and remaining > 0:
+                self._stop(
+                    f"{self._reserved} grants died in this sweep; stopped to avoid "
+                    "mass invalidation. Check UPS status and the client "
+                    "credentials, then rerun with a higher max_invalidations if "
+                    "this is expected"
+                )
+            return True
+
     def skip(self, company_id: str) -> None:
         with self._lock:
             self.report.skipped.append(company_id)
@@ -57,15 +79,13 @@ class SweepTracker:
             report.refreshed.append(company_id)
             self._transient_run = 0
         elif isinstance(error, errors.GrantRevoked):
-            report.invalidated.append(company_id)
             self._transient_run = 0
-            remaining = self._done < self._total
-            if remaining and len(report.invalidated) >= self._max_invalidations:
-                self._stop(
-                    f"{len(report.invalidated)} grants died in this sweep; stopped "
-                    "to avoid mass invalidation. Check UPS status and the client "
-                    "credentials, then rerun with a higher max_invalidations if "
-                    "this is expected"
+            if error.company_invalidated:
+                report.invalidated.append(company_id)
+            else:
+                report.failed[company_id] = (
+                    f"{error}; left authorized because the sweep reached "
+                    "max_invalidations"
                 )
         elif isinstance(error, errors.ClientRejected | errors.Blocked):
             report.failed[company_id] = str(error)

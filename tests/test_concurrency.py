@@ -388,7 +388,7 @@ def test_killed_mid_refresh(authorized: Manager, sandbox_http: httpx.Client) -> 
     sandbox delays its answer, so the kill lands before the commit. The
     sandbox reads the request body only after the delay and so never rotates
     the token of a client that has gone. The lease outlives the worker until
-    it expires (timeout plus LEASE_MARGIN).
+    it expires (see optin.api.refresh_lease).
     """
     settings = authorized.settings
     before = snapshot(authorized)
@@ -414,7 +414,7 @@ def test_killed_mid_refresh(authorized: Manager, sandbox_http: httpx.Client) -> 
         authorized.refresh(COMPANY, actor=ACTOR)
     clock = OffsetClock()
     with Manager(settings, clock=clock) as later:
-        clock.offset = timedelta(seconds=settings.timeout - 1) + optin.api.LEASE_MARGIN
+        clock.offset = optin.api.refresh_lease(settings.timeout) - timedelta(seconds=1)
         with pytest.raises(RefreshInProgress):
             later.refresh(COMPANY, actor=ACTOR)
         clock.offset += timedelta(seconds=2)

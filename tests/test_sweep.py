@@ -79,3 +79,42 @@ def test_tracker_client_rejection_last() -> None:
     tracker.record("C-00", rejected)
     assert tracker.stopped
     assert tracker.report.failed == {"C-00": str(rejected)}
+
+
+def test_parallel_sweep_respects_limit(
+    manager: Manager, sandbox_http: httpx.Client
+) -> None:
+    logins = seed(manager, sandbox_http, 12)
+    for login in logins.values():
+        change_password(sandbox_http, login)
+    report = manager.refresh_all(actor="job", workers=4, max_invalidations=3)
+    assert len(report.invalidated) == 3
+    assert manager.count_by_state()[State.INVALIDATED.value] == 3
+    assert report.stopped_reason is not None
+    kept = [cid for cid, text in report.failed.items() if "left authorized" in text]
+    assert len(kept) + len(report.skipped) + 3 == 12
+
+
+def test_rotated_elsewhere_not_invalidated(
+    manager: Manager, sandbox_http: httpx.Client
+) -> None:
+    """A worker whose lease ran out sends a token that another worker has
+    since rotated; UPS's rejection must not invalidate the healthy grant."""
+    seed(manager, sandbox_http, 1)
+    stale = manager.store.get_grant("C-00")
+    assert stale is not None
+    manager.refresh("C-00", actor="other-worker")
+    real_get_grant = manager.store.get_grant
+    calls = {"n": 0}
+
+    def stale_first(company_id: str) -> object:
+        calls["n"] += 1
+        # The first read under the lease sees the pair from before the rotation.
+        return stale if calls["n"] == 1 else real_get_grant(company_id)
+
+    manager.store.get_grant = stale_first  # type: ignore[method-assign,assignment]
+    with pytest.raises(errors.ConcurrentUpdate):
+        manager.refresh("C-00", actor="late-worker")
+    manager.store.get_grant = real_get_grant  # type: ignore[method-assign]
+    assert manager.get_company("C-00").state is State.AUTHORIZED
+    assert manager.refresh("C-00", actor="job").state is State.AUTHORIZED
