@@ -59,11 +59,52 @@ class Manager:
         *,
         ups: UPSClient | None = None,
         clock: Callable[[], datetime] | None = None,
+        create: bool = True,
     ) -> None:
+        """Open the settings' database; ``create=False`` requires it to exist."""
         self.settings = settings or Settings.load()
-        fernet = load_fernet(self.settings.resolved_key_file)
-        self.store = Store(self.settings.db_path, fernet, clock=clock)
+        path = self.settings.db_path
+        exists = path.exists() and path.stat().st_size > 0
+        if not exists and not create:
+            raise errors.StoreError(
+                f"database not found: {path}; check --db or OPTIN_DB, or create "
+                "it with `optin import` or `optin add`"
+            )
+        # A key is only ever made together with a new database: for an existing
+        # one, a missing key file means its tokens cannot be read.
+        fernet = load_fernet(self.settings.resolved_key_file, create=not exists)
+        self.store = Store(path, fernet, clock=clock)
+        try:
+            self._check_binding()
+        except BaseException:
+            self.store.close()
+            raise
         self.ups = ups or UPSClient(self.settings)
+
+    def _check_binding(self) -> None:
+        """Tie the database to one UPS environment and client id.
+
+        Tokens of one UPS app do not work for another, so refreshing them
+        with other settings would invalidate every company.
+        """
+        expected = {
+            "ups_environment": self.settings.environment,
+            "ups_client_id": self.settings.client_id,
+        }
+        stored = {name: self.store.get_meta(name) for name in expected}
+        if all(value is None for value in stored.values()):
+            for name, value in expected.items():
+                self.store.set_meta(name, value)
+            return
+        if stored != expected:
+            raise errors.ConfigurationError(
+                f"database {self.store.path} belongs to environment="
+                f"{stored['ups_environment']!r} and client_id="
+                f"{stored['ups_client_id']!r}, but the settings name environment="
+                f"{expected['ups_environment']!r} and client_id="
+                f"{expected['ups_client_id']!r}; use matching settings, or another "
+                "database (OPTIN_DB) for this UPS app"
+            )
 
     @classmethod
     def open(cls, db_path: Path | str | None = None, **settings: Any) -> Manager:

@@ -34,6 +34,7 @@ from optin.errors import (
     ConcurrentUpdate,
     ConfigurationError,
     DatabaseBusy,
+    StoreError,
 )
 from optin.secret import Secret
 
@@ -192,6 +193,19 @@ class Store:
             timeout=BUSY_TIMEOUT_MS / 1000,
         )
         self.conn.row_factory = sqlite3.Row
+        try:
+            self._prepare()
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            raise StoreError(
+                f"cannot open database {self.path}: {exc}. Check that the path "
+                "names an optin database (or a new file) in a writable folder"
+            ) from None
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _prepare(self) -> None:
         for pragma in (
             "journal_mode=WAL",
             # FULL: a committed rotated refresh token must survive a power cut,
@@ -238,6 +252,21 @@ class Store:
         for name in applied:
             logger.info("applied migration %s to %s", name, self.path)
         return applied
+
+    def get_meta(self, name: str) -> str | None:
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT value FROM meta WHERE name = ?", (name,)
+            ).fetchone()
+        return None if row is None else str(row["value"])
+
+    def set_meta(self, name: str, value: str) -> None:
+        with self.immediate():
+            self.conn.execute(
+                "INSERT INTO meta (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
 
     def _check_key(self) -> None:
         row = self.conn.execute(

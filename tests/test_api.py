@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.fernet import Fernet
 
 from optin import (
     CallbackError,
@@ -19,6 +20,7 @@ from optin import (
     Manager,
     Settings,
     State,
+    StoreError,
     TransientError,
     UsageError,
 )
@@ -195,10 +197,53 @@ def test_key_file_owner_only(manager: Manager, settings: Settings) -> None:
 
 def test_wrong_key_detected(settings: Settings, tmp_path: Path) -> None:
     Manager(settings).close()
-    other = Settings.build(
-        {"db_path": settings.db_path, "key_file": tmp_path / "other.key"}
-    )
+    other_key = tmp_path / "other.key"
+    other_key.write_bytes(Fernet.generate_key())
+    other_key.chmod(0o600)
+    other = Settings.build({"db_path": settings.db_path, "key_file": other_key})
     with pytest.raises(ConfigurationError, match="token key does not match"):
+        Manager(other)
+
+
+def test_missing_key_not_recreated(settings: Settings, tmp_path: Path) -> None:
+    Manager(settings).close()
+    missing = tmp_path / "missing.key"
+    other = Settings.build({"db_path": settings.db_path, "key_file": missing})
+    with pytest.raises(ConfigurationError, match="token key file not found"):
+        Manager(other)
+    assert not missing.exists()
+
+
+def test_missing_database_when_not_creating(tmp_path: Path) -> None:
+    settings = Settings.build({"db_path": tmp_path / "typo.db"})
+    with pytest.raises(StoreError, match="database not found"):
+        Manager(settings, create=False)
+    assert not (tmp_path / "typo.db").exists()
+    assert not (tmp_path / "typo.key").exists()
+
+
+def test_not_a_database(tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.db"
+    bogus.write_text("these are not SQLite pages\n" * 200, encoding="utf-8")
+    (tmp_path / "notes.key").write_bytes(Fernet.generate_key())
+    (tmp_path / "notes.key").chmod(0o600)
+    with pytest.raises(StoreError, match="cannot open database"):
+        Manager(Settings.build({"db_path": bogus}))
+
+
+def test_database_bound_to_client(settings: Settings) -> None:
+    Manager(settings).close()
+    other = Settings.build(
+        {
+            "environment": "cie",
+            "base_url": "http://127.0.0.1:9",
+            "client_id": "another-app",
+            "client_secret": "x",
+            "redirect_uri": "https://app.example/callback",
+            "db_path": settings.db_path,
+        }
+    )
+    with pytest.raises(ConfigurationError, match="belongs to environment='sandbox'"):
         Manager(other)
 
 

@@ -214,13 +214,14 @@ def test_exchange_unknown_client_retryable(
     manager: Manager, sandbox: SandboxServer, sandbox_http: httpx.Client, tmp_path: Path
 ) -> None:
     url = callback_url(manager, sandbox_http)
-    wrong = make_settings(tmp_path, sandbox.url, client_id="not-registered")
+    # A database refuses settings of another client id, so the sandbox
+    # answers this one exchange with its "ClientId is Invalid" 401 instead.
+    sandbox_http.post(
+        "/_sandbox/faults", json={"endpoint": "token", "status": 401, "count": 1}
+    ).raise_for_status()
 
-    with (
-        Manager(wrong) as misconfigured,
-        pytest.raises(ClientRejected, match="HTTP 401"),
-    ):
-        misconfigured.complete_opt_in(url, actor=ACTOR)
+    with pytest.raises(ClientRejected, match="HTTP 401"):
+        manager.complete_opt_in(url, actor=ACTOR)
 
     assert manager.get_company(COMPANY).state is State.PENDING
     result = manager.complete_opt_in(url, actor=ACTOR)
