@@ -198,15 +198,37 @@ def begin_all(
 
 
 @cli.command()
-@click.argument("callback_url")
+@click.argument("callback_url", required=False, default="-")
 @with_reason
 @pass_context
 def complete(obj: Context, callback_url: str, reason: str | None) -> None:
-    """Complete an opt-in from the URL the browser landed on after UPS."""
+    """Complete an opt-in from the URL the browser landed on after UPS.
+
+    CALLBACK_URL may be - (the default) to read the URL from standard input,
+    which keeps its authorization code out of ps and the shell history.
+    """
+    if callback_url == "-":
+        callback_url = read_callback_url()
     with obj.manager() as manager:
         result = manager.complete_opt_in(callback_url, actor=obj.actor, reason=reason)
     data = {"outcome": result.outcome, "company": result.company.as_dict()}
     obj.emit(data, lambda: result.message)
+
+
+def read_callback_url() -> str:
+    """Read the callback URL from standard input, prompting on a terminal."""
+    if sys.stdin.isatty():
+        # Hidden, so that the authorization code stays off the screen.
+        text = click.prompt("Callback URL", hide_input=True, err=True)
+    else:
+        text = sys.stdin.read()
+    url = str(text).strip()
+    if not url:
+        raise click.UsageError(
+            "no callback URL on standard input; pipe it in "
+            "(... | optin complete -) or pass it as an argument"
+        )
+    return url
 
 
 @cli.command()
@@ -496,16 +518,17 @@ def receiver(obj: Context, host: str, port: int | None, allow_remote: bool) -> N
     show_default=True,
     type=click.Path(exists=True, path_type=Path),
 )
-@click.option(
-    "--keep", is_flag=True, help="Keep an existing database instead of starting fresh."
-)
 @pass_context
-def demo(obj: Context, companies_csv: Path, keep: bool) -> None:
-    """Run the whole lifecycle for every company against an embedded sandbox."""
+def demo(obj: Context, companies_csv: Path) -> None:
+    """Run the whole lifecycle for every company against an embedded sandbox.
+
+    The database (default data/optin.db) is made anew; an existing file is
+    replaced only if an earlier demo made it.
+    """
     from optin.demo import run_demo
 
     db = Path(obj.db or "data/optin.db")
-    sys.exit(run_demo(db, companies_csv, fresh=not keep, echo=click.echo))
+    sys.exit(run_demo(db, companies_csv, echo=click.echo))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

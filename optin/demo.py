@@ -21,12 +21,16 @@ import httpx
 from optin.api import Manager
 from optin.cli import company_table, history_table
 from optin.config import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, Settings
+from optin.errors import OptinError
 from optin.lifecycle import State
 from optin.receiver import create_receiver
 from optin.serving import ThreadedServer
 from optin.signin import sign_in
 
 ACTOR = "demo"
+# Meta entry that marks a database the demo made and may replace.
+MARKER = "created_by"
+MARKER_VALUE = "optin demo"
 PASSWORD_CHANGERS = 3
 
 
@@ -37,15 +41,21 @@ class DemoFailure(RuntimeError):
 def run_demo(
     db_path: Path,
     companies_csv: Path,
-    fresh: bool = True,
     echo: Callable[[str], None] = print,
 ) -> int:
-    """Run the demo; return 0 when every step did what it should, else 1."""
+    """Run the demo; return 0 when every step did what it should, else 1.
+
+    An existing file at ``db_path`` is replaced only if an earlier demo made
+    it, so the demo never deletes an operator's database.
+    """
     from optin.sandbox import start_sandbox
 
-    if fresh:
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+    refusal = _refuse_to_replace(db_path)
+    if refusal is not None:
+        echo(refusal)
+        return 1
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
     sandbox = start_sandbox(port=0)
     try:
         return _run(sandbox.url, db_path, companies_csv, echo)
@@ -54,6 +64,26 @@ def run_demo(
         return 1
     finally:
         sandbox.stop()
+
+
+def _refuse_to_replace(db_path: Path) -> str | None:
+    """Return why ``db_path`` must not be replaced, or None if it may be."""
+    if not db_path.exists():
+        return None
+    try:
+        with Manager(Settings.build({"db_path": db_path}), create=False) as manager:
+            made_by = manager.store.get_meta(MARKER)
+    except OptinError as exc:
+        made_by = None
+        detail = f" ({exc})"
+    else:
+        detail = ""
+    if made_by == MARKER_VALUE:
+        return None
+    return (
+        f"demo not run: {db_path} exists and was not made by the demo{detail}. "
+        "Move it away, or pass --db with another path"
+    )
 
 
 def _run(
@@ -71,6 +101,7 @@ def _run(
         with server, httpx.Client(base_url=sandbox_url, follow_redirects=False) as http:
             _register_client(http, redirect_uri)
             with Manager(settings) as manager:
+                manager.store.set_meta(MARKER, MARKER_VALUE)
                 _lifecycle(manager, http, companies_csv, echo)
     echo(f"\ndatabase left at {db_path}")
     return 0

@@ -32,3 +32,14 @@ def test_demo_rerun_starts_fresh(tmp_path: Path) -> None:
     with Manager(Settings.build({"db_path": db})) as manager:
         adds = [e for e in manager.get_history() if e.trigger == "add"]
     assert len(adds) == 25
+
+
+def test_demo_spares_other_database(tmp_path: Path) -> None:
+    db = tmp_path / "real.db"
+    with Manager(Settings.build({"db_path": db})) as manager:
+        manager.add_company("REAL-1", "Real customer", actor="ana")
+    lines: list[str] = []
+    assert run_demo(db, COMPANIES, echo=lines.append) == 1
+    assert "was not made by the demo" in lines[0]
+    with Manager(Settings.build({"db_path": db})) as manager:
+        assert [c.id for c in manager.list_companies()] == ["REAL-1"]
