@@ -136,7 +136,7 @@ class Manager:
         self, state: State | str | None = None, search: str | None = None
     ) -> list[Company]:
         if state is not None:
-            state = State(state).value
+            state = _parse_state(state)
         return [Company.from_row(r) for r in self.store.list_companies(state, search)]
 
     def count_by_state(self) -> dict[str, int]:
@@ -166,6 +166,8 @@ class Manager:
         reason: str | None = None,
     ) -> Company:
         _check_company_id(company_id)
+        if not isinstance(name, str) or not name.strip():
+            raise errors.UsageError(f"company_id={company_id!r} needs a non-empty name")
         row = {"id": company_id, "name": name, "admin_email": admin_email or ""}
         self.store.add_companies([row], actor, reason)
         logger.info("added company %s", company_id)
@@ -881,6 +883,16 @@ def _token_details(tokens: TokenSet) -> dict[str, Any]:
     }
 
 
+def _parse_state(state: State | str) -> str:
+    try:
+        return State(state).value
+    except ValueError:
+        choices = ", ".join(member.value for member in State)
+        raise errors.UsageError(
+            f"invalid state={state!r}; use one of {choices}"
+        ) from None
+
+
 def _check_company_id(company_id: str) -> None:
     if not company_id or company_id != company_id.strip() or len(company_id) > 200:
         raise errors.UsageError(
@@ -890,11 +902,8 @@ def _check_company_id(company_id: str) -> None:
 
 
 def _read_rows(source: Iterable[dict[str, str]] | Path | str) -> list[dict[str, str]]:
-    if isinstance(source, str | Path):
-        with Path(source).open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    else:
-        rows = list(source)
+    rows = _read_csv(Path(source)) if isinstance(source, str | Path) else list(source)
+    seen: dict[str, int] = {}
     for number, row in enumerate(rows, start=1):
         if not row.get("id") or not row.get("name"):
             raise errors.UsageError(
@@ -902,4 +911,24 @@ def _read_rows(source: Iterable[dict[str, str]] | Path | str) -> list[dict[str, 
                 "the columns id, name and admin_email"
             )
         _check_company_id(row["id"])
+        if row["id"] in seen:
+            raise errors.UsageError(
+                f"company row {number} repeats id {row['id']!r} of row "
+                f"{seen[row['id']]}; each id may appear once"
+            )
+        seen[row["id"]] = number
     return rows
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    # utf-8-sig also reads the byte-order mark that spreadsheets write.
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            return list(csv.DictReader(handle))
+    except UnicodeDecodeError as exc:
+        raise errors.UsageError(
+            f"cannot read {path}: it is not UTF-8 text ({exc.reason} at byte "
+            f"{exc.start}); save it as CSV UTF-8"
+        ) from None
+    except OSError as exc:
+        raise errors.UsageError(f"cannot read {path}: {exc.strerror}") from None

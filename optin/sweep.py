@@ -94,6 +94,9 @@ class SweepTracker:
             # The same malformed request would fail for every company.
             report.failed[company_id] = str(error)
             self._stop(f"UPS rejected the refresh request itself: {error}")
+        elif isinstance(error, errors.RefreshInProgress):
+            # Another worker or sweep is refreshing this company right now.
+            report.skipped.append(company_id)
         elif isinstance(error, errors.TransientError):
             report.failed[company_id] = str(error)
             self._transient_run += 1

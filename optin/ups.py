@@ -226,7 +226,7 @@ class UPSClient:
         except httpx.TimeoutException:
             raise errors.UPSTimeout(
                 f"UPS {kind} at {self.settings.base_url}{path} timed out after "
-                f"{self.settings.timeout:g} s; {_AFTER_TRANSIENT[kind]}"
+                f"{self.settings.timeout:g} s. {_AFTER_TRANSIENT[kind]}"
             ) from None
         except httpx.HTTPError as exc:
             # Connection trouble, or an answer httpx could not decode.
@@ -260,7 +260,7 @@ class UPSClient:
 # What a caller should do after a timeout or 5xx. A code exchange may have
 # reached UPS, which treats codes as single-use, so the code is never resent.
 _AFTER_TRANSIENT: Final = {
-    "refresh": "the stored tokens are kept; retry later",
+    "refresh": "The stored tokens are kept; retry later",
     "exchange": "UPS may have used the code, so it is not resent; begin a new "
     "opt-in for the company",
 }
@@ -287,7 +287,7 @@ def error_from_response(response: httpx.Response, kind: str) -> errors.UPSError:
         )
     if status >= 500:
         return errors.ServerError(
-            status, code, message, f"UPS had a server error; {_AFTER_TRANSIENT[kind]}"
+            status, code, message, f"UPS had a server error. {_AFTER_TRANSIENT[kind]}"
         )
     if status == 403:
         return errors.Blocked(

@@ -290,3 +290,33 @@ def test_interrupted_exchange_closes_link(
         assert manager.get_company("A-1").state is State.PENDING
         link = manager.begin_opt_in("A-1", actor="ana")
         assert link.company_id == "A-1"
+
+
+def test_import_csv_with_bom(manager: Manager, tmp_path: Path) -> None:
+    source = tmp_path / "excel.csv"
+    source.write_text(CSV, encoding="utf-8-sig")
+    assert manager.import_companies(source, actor="ana") == 2
+
+
+def test_import_repeated_id_rejected(manager: Manager) -> None:
+    rows = [{"id": "D-1", "name": "One"}, {"id": "D-1", "name": "Two"}]
+    with pytest.raises(UsageError, match="row 2 repeats id 'D-1' of row 1"):
+        manager.import_companies(rows, actor="ana")
+    assert manager.list_companies() == []
+
+
+def test_import_not_utf8(manager: Manager, tmp_path: Path) -> None:
+    source = tmp_path / "latin.csv"
+    source.write_bytes("id,name\nA,Caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UsageError, match="not UTF-8 text"):
+        manager.import_companies(source, actor="ana")
+
+
+def test_add_company_needs_name(manager: Manager) -> None:
+    with pytest.raises(UsageError, match="needs a non-empty name"):
+        manager.add_company("OK-1", " ", actor="ana")
+
+
+def test_list_unknown_state(manager: Manager) -> None:
+    with pytest.raises(UsageError, match="invalid state='bogus'; use one of"):
+        manager.list_companies("bogus")

@@ -22,9 +22,9 @@ def _entry(args: tuple[str, ...]) -> None:
     main(list(args))
 
 
-def cli_run(args: list[str]) -> tuple[int, str]:
+def cli_run(args: list[str], stdin: str | None = None) -> tuple[int, str]:
     """Run ``optin`` through its real entry point (exit codes included)."""
-    result = CliRunner().invoke(_entry, args)
+    result = CliRunner().invoke(_entry, args, input=stdin)
     return result.exit_code, result.output
 
 
@@ -62,6 +62,29 @@ def test_begin_complete_status(env: Settings, sandbox_http: httpx.Client) -> Non
     assert json.loads(output)["state"] == "authorized"
     with Manager(env) as manager:
         assert manager.get_history("A-1")[-1].actor == "cli-user"
+
+
+@pytest.mark.parametrize("args", [["complete", "-"], ["complete"]])
+def test_complete_from_stdin(
+    env: Settings, sandbox_http: httpx.Client, args: list[str]
+) -> None:
+    cli_run(["add", "A-1", "Alpha"])
+    _, output = cli_run(["--json", "begin", "A-1"])
+    login = create_user(sandbox_http)
+    callback = sign_in(sandbox_http, json.loads(output)["url"], login, "pw-Start-1")
+
+    code, output = cli_run(args, stdin=callback + "\n")
+
+    assert code == 0, output
+    assert "company A-1 is authorized" in output
+    with Manager(env) as manager:
+        assert manager.get_company("A-1").state == "authorized"
+
+
+def test_complete_empty_stdin(env: Settings) -> None:
+    code, output = cli_run(["complete", "-"], stdin="\n")
+    assert code == 2
+    assert "no callback URL on standard input" in output
 
 
 def test_invalid_transition_exit_one(env: Settings) -> None:
@@ -124,7 +147,7 @@ def test_unreachable_ups_exit_five(
     monkeypatch.setenv("OPTIN_BASE_URL", "http://127.0.0.1:9")
     code, output = cli_run(["refresh", "A-1"])
     assert code == 5
-    assert "the stored tokens are kept" in output
+    assert "stored tokens are kept" in output
 
 
 def test_sandbox_users_from_csv(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ def authorized(manager: Manager, sandbox_http: httpx.Client) -> None:
 def test_other_400_keeps_grant(manager: Manager, sandbox_http: httpx.Client) -> None:
     authorized(manager, sandbox_http)
     add_fault(sandbox_http, status=400, message="Missing parameter: grant_type")
-    with pytest.raises(InvalidRequest, match="the stored tokens are kept"):
+    with pytest.raises(InvalidRequest, match="stored tokens are kept"):
         manager.refresh("A-1", actor="job")
     assert manager.get_company("A-1").state is State.AUTHORIZED
     assert manager.store.count_grants("A-1") == 1
