@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,19 @@ import pytest
 
 from optin import Manager, Settings
 from optin.sandbox import SandboxServer, start_sandbox
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Keep the developer's OPTIN_* variables and config file out of every test."""
+    for name in list(os.environ):
+        if name.startswith("OPTIN_"):
+            monkeypatch.delenv(name)
+    empty = tmp_path_factory.getbasetemp() / "empty-config.toml"
+    empty.touch()
+    monkeypatch.setenv("OPTIN_CONFIG", str(empty))
 
 
 @pytest.fixture(scope="session")
