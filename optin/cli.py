@@ -225,7 +225,7 @@ def read_callback_url() -> str:
     url = str(text).strip()
     if not url:
         raise click.UsageError(
-            "no callback URL on standard input; pipe it in "
+            "missing callback URL: standard input is empty. Pipe the URL in "
             "(... | optin complete -) or pass it as an argument"
         )
     return url

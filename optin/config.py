@@ -8,11 +8,14 @@ The default environment is the loopback sandbox, which needs no credentials.
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from optin.errors import ConfigurationError
 from optin.secret import Secret
@@ -30,6 +33,8 @@ SANDBOX_REDIRECT_URI: Final = "http://127.0.0.1:8766/callback"
 ENVIRONMENTS: Final = ("sandbox", "cie", "production")
 DEFAULT_DB: Final = Path("data/optin.db")
 DEFAULT_CONFIG: Final = Path("~/.config/optin/config.toml")
+# Seconds. A longer HTTP timeout would also hold each refresh lease longer.
+MAX_TIMEOUT: Final = 120.0
 
 _ENV_VARS: Final = {
     "environment": "OPTIN_ENV",
@@ -79,29 +84,84 @@ class Settings:
 
     @classmethod
     def build(cls, values: dict[str, Any]) -> Settings:
-        environment = str(values.get("environment", "sandbox"))
-        if environment not in ENVIRONMENTS:
-            raise ConfigurationError(
-                f"invalid environment={environment!r}; use one of "
-                f"{', '.join(ENVIRONMENTS)} (OPTIN_ENV or 'environment' in the "
-                "config file)"
-            )
+        """Validate ``values`` (setting name to value) and fill in the defaults."""
+        environment = _environment(values)
+        base_url = str(values.get("base_url") or HOSTS.get(environment, SANDBOX_URL))
         if environment != "sandbox":
             _require_credentials(environment, values)
+            _check_base_url(environment, base_url)
         base = cls()
         secret = values.get("client_secret", base.client_secret)
         return cls(
             environment=environment,
-            base_url=str(values.get("base_url") or HOSTS.get(environment, SANDBOX_URL)),
+            base_url=base_url,
             client_id=str(values.get("client_id", base.client_id)),
             client_secret=secret if isinstance(secret, Secret) else Secret(str(secret)),
             redirect_uri=str(values.get("redirect_uri", base.redirect_uri)),
             scope=str(values.get("scope", base.scope)),
-            timeout=float(values.get("timeout", base.timeout)),
+            timeout=_seconds(values, "timeout", base.timeout, MAX_TIMEOUT),
             db_path=Path(values.get("db_path", base.db_path)),
             key_file=Path(values["key_file"]) if values.get("key_file") else None,
-            link_lifetime=float(values.get("link_lifetime", base.link_lifetime)),
+            link_lifetime=_seconds(values, "link_lifetime", base.link_lifetime),
         )
+
+
+def _source_of(name: str) -> str:
+    return f"{_ENV_VARS[name]} or {name!r} in the config file"
+
+
+def _environment(values: dict[str, Any]) -> str:
+    environment = str(values.get("environment", "sandbox"))
+    if environment not in ENVIRONMENTS:
+        raise ConfigurationError(
+            f"invalid environment={environment!r}; use one of "
+            f"{', '.join(ENVIRONMENTS)} ({_source_of('environment')})"
+        )
+    return environment
+
+
+def _seconds(
+    values: dict[str, Any], name: str, default: float, maximum: float | None = None
+) -> float:
+    """Return ``values[name]`` as a positive, finite number of seconds."""
+    raw = values.get(name, default)
+    try:
+        # TOML booleans would otherwise pass as 1.0 and 0.0.
+        seconds = math.nan if isinstance(raw, bool) else float(raw)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    too_long = maximum is not None and seconds > maximum
+    if not (math.isfinite(seconds) and seconds > 0) or too_long:
+        limit = f" and at most {maximum:g}" if maximum is not None else ""
+        raise ConfigurationError(
+            f"invalid {name}={raw!r}: it must be a number of seconds greater than "
+            f"0{limit} ({_source_of(name)})"
+        )
+    return seconds
+
+
+def _check_base_url(environment: str, base_url: str) -> None:
+    """Require https, except for a loopback host such as a test server."""
+    parts = urlsplit(base_url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and _is_loopback(parts.hostname):
+        return
+    raise ConfigurationError(
+        f"invalid base_url={base_url!r} for environment={environment!r}: it must "
+        "start with https:// (http:// is allowed only for a loopback host such as "
+        f"127.0.0.1). Fix {_source_of('base_url')}, or unset it to use "
+        f"{HOSTS[environment]}"
+    )
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
 
 
 def _read_config_file(config_file: Path | str | None) -> dict[str, Any]:

@@ -18,7 +18,8 @@ KEY_VARIABLE = "OPTIN_KEY"
 def load_fernet(key_file: Path, create: bool = True) -> Fernet:
     """Return the Fernet for ``OPTIN_KEY`` or ``key_file``, creating the file if absent.
 
-    A new key file is created with owner-only permissions (0600).
+    A new key file is created with owner-only permissions (0600). An existing
+    key file that group or others may access raises ConfigurationError.
     """
     from_env = os.environ.get(KEY_VARIABLE)
     if from_env:
@@ -30,12 +31,24 @@ def load_fernet(key_file: Path, create: bool = True) -> Fernet:
                 "restore the key file that encrypted this database"
             )
         _create_key_file(key_file)
+    _check_owner_only(key_file)
+    return _fernet(key_file.read_bytes().strip(), f"key file {key_file}")
+
+
+def _check_owner_only(key_file: Path) -> None:
+    """Raise ConfigurationError if group or others have any access to ``key_file``.
+
+    Only POSIX modes are checked, because Windows derives the mode bits from
+    the read-only flag alone.
+    """
+    if os.name != "posix":
+        return
     mode = key_file.stat().st_mode & 0o777
     if mode & 0o077:
-        logger.warning(
-            "token key file %s has mode %o; run chmod 600 on it", key_file, mode
+        raise ConfigurationError(
+            f"token key file {key_file} has mode {mode:o}, which gives group or "
+            f"others access to it; run chmod 600 {key_file} and try again"
         )
-    return _fernet(key_file.read_bytes().strip(), f"key file {key_file}")
 
 
 def _create_key_file(key_file: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import logging
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from optin import errors
@@ -17,6 +17,16 @@ from optin.api import Manager
 from optin.serving import require_extra
 
 logger = logging.getLogger(__name__)
+
+# Shown for every error except UsageError, whose messages tell the admin what
+# to do. The other messages name settings and environment variables that are
+# for operators, so they go to the log instead.
+SUPPORT_MESSAGE: Final = (
+    "The opt-in could not be completed because of a problem on our side; the "
+    "support team has been told. Please try the link again later or ask for a "
+    "new one."
+)
+NOT_COMPLETED: Final = "Opt-in not completed"
 
 
 def create_receiver(manager: Manager, actor: str = "callback-receiver") -> Any:
@@ -29,13 +39,18 @@ def create_receiver(manager: Manager, actor: str = "callback-receiver") -> Any:
 
     path = urlsplit(manager.settings.redirect_uri).path or "/"
 
-    async def callback(request: Request) -> Any:
+    # A plain def: Starlette runs it in its thread pool, because the code
+    # exchange blocks on SQLite and on UPS. Manager serializes its SQLite
+    # connection with a lock, so concurrent callbacks are safe.
+    def callback(request: Request) -> Any:
         try:
             result = manager.complete_opt_in(str(request.url), actor=actor)
-        except errors.OptinError as exc:
+        except errors.UsageError as exc:
             logger.warning("callback not completed: %s", exc)
-            status = 400 if isinstance(exc, errors.UsageError) else 502
-            return _page("Opt-in not completed", str(exc), status)
+            return _page(NOT_COMPLETED, str(exc), 400)
+        except errors.OptinError as exc:
+            logger.warning("callback not completed: %s: %s", type(exc).__name__, exc)
+            return _page(NOT_COMPLETED, SUPPORT_MESSAGE, 502)
         return _page(_TITLES[result.outcome], result.message, 200)
 
     async def health(request: Request) -> JSONResponse:

@@ -84,7 +84,7 @@ def test_complete_from_stdin(
 def test_complete_empty_stdin(env: Settings) -> None:
     code, output = cli_run(["complete", "-"], stdin="\n")
     assert code == 2
-    assert "no callback URL on standard input" in output
+    assert "missing callback URL: standard input is empty" in output
 
 
 def test_invalid_transition_exit_one(env: Settings) -> None:

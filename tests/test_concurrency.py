@@ -18,10 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-import optin.api
 import optin.store
 from optin import Manager, Settings
-from optin.errors import DatabaseBusy, OptinError, RefreshInProgress
+from optin.errors import DatabaseBusy, GrantRevoked, OptinError, RefreshInProgress
 from optin.lifecycle import State, next_state
 from optin.signin import sign_in
 
@@ -33,6 +32,9 @@ REFRESH_PATH = "/security/v1/oauth/refresh"
 SPAWN = multiprocessing.get_context("spawn")
 # Seconds to wait for a worker process, which imports optin afresh when spawned.
 WORKER_TIMEOUT = 60
+# Seconds the sandbox delays the refresh of the worker that the test kills. The
+# kill comes within milliseconds of the delay's start.
+KILLED_REFRESH_DELAY = 3.0
 
 
 # -- worker processes ------------------------------------------------------------
@@ -188,6 +190,15 @@ def lease_owner(settings: Settings) -> str | None:
             "SELECT lease_owner FROM grants WHERE company_id = ?", (COMPANY,)
         ).fetchone()
     return None if row is None else row[0]
+
+
+def lease_end(settings: Settings) -> datetime:
+    with sqlite3.connect(settings.db_path) as conn:
+        row = conn.execute(
+            "SELECT lease_until FROM grants WHERE company_id = ?", (COMPANY,)
+        ).fetchone()
+    assert row is not None and row[0] is not None, "no refresh lease is held"
+    return optin.store.parse_utc(row[0])
 
 
 def wait_for_lease(settings: Settings, process: Any) -> None:
@@ -385,14 +396,16 @@ def test_killed_mid_refresh(authorized: Manager, sandbox_http: httpx.Client) -> 
     """SIGKILL a worker while its refresh waits at UPS, and lose nothing on disk.
 
     The worker took the refresh lease and sent the refresh token, and the
-    sandbox delays its answer, so the kill lands before the commit. The
-    sandbox reads the request body only after the delay and so never rotates
-    the token of a client that has gone. The lease outlives the worker until
-    it expires (see optin.api.refresh_lease).
+    sandbox holds the request in a delay fault, so the kill lands before the
+    worker commits. The sandbox has already read the request body, so it
+    rotates the token when the delay ends even though the client has gone, as
+    UPS does for a request that reached it. The lease outlives the worker until
+    it expires. The next refresh then sends the rotated-away token, gets
+    GrantRevoked and invalidates the company.
     """
     settings = authorized.settings
     before = snapshot(authorized)
-    add_refresh_delay(sandbox_http, 10.0)
+    add_refresh_delay(sandbox_http, KILLED_REFRESH_DELAY)
     results = SPAWN.Queue()
     process = SPAWN.Process(
         target=worker,
@@ -400,7 +413,7 @@ def test_killed_mid_refresh(authorized: Manager, sandbox_http: httpx.Client) -> 
     )
     process.start()
     wait_for_lease(settings, process)
-    time.sleep(0.3)
+    wait_until_fault_taken(sandbox_http, process)
 
     process.kill()
     process.join(WORKER_TIMEOUT)
@@ -412,12 +425,45 @@ def test_killed_mid_refresh(authorized: Manager, sandbox_http: httpx.Client) -> 
     assert lease_owner(settings) is not None
     with pytest.raises(RefreshInProgress, match="another worker is refreshing"):
         authorized.refresh(COMPANY, actor=ACTOR)
+
+    wait_for_refresh_requests(sandbox_http, 1)
+    assert [grant["rotations"] for grant in live_grants(sandbox_http)] == [1]
+    assert snapshot(authorized) == before
+
     clock = OffsetClock()
     with Manager(settings, clock=clock) as later:
-        clock.offset = optin.api.refresh_lease(settings.timeout) - timedelta(seconds=1)
+        # Just before, then just after, the dead worker's lease ends.
+        clock.offset = lease_end(settings) - datetime.now(UTC) - timedelta(seconds=1)
         with pytest.raises(RefreshInProgress):
             later.refresh(COMPANY, actor=ACTOR)
         clock.offset += timedelta(seconds=2)
-        later.refresh(COMPANY, actor=ACTOR)
+        with pytest.raises(GrantRevoked):
+            later.refresh(COMPANY, actor=ACTOR)
+        assert later.get_company(COMPANY).state is State.INVALIDATED
         assert later.get_company(COMPANY).version == before[1] + 1
+        assert later.store.count_grants(COMPANY) == 0
+        assert triggers(later)[-1] == "invalidate"
         check_history(later)
+    statuses = [record["status"] for record in refresh_requests(sandbox_http)]
+    assert statuses[1:] == [400]
+
+
+def wait_until_fault_taken(http: httpx.Client, process: Any) -> None:
+    """Wait until the sandbox has read the refresh request and started its delay."""
+    deadline = time.monotonic() + WORKER_TIMEOUT
+    while http.get("/_sandbox/faults").json():
+        assert process.is_alive(), "the worker exited before the sandbox held it"
+        assert time.monotonic() < deadline, "the refresh never reached the sandbox"
+        time.sleep(0.01)
+
+
+def wait_for_refresh_requests(http: httpx.Client, count: int) -> None:
+    """Wait until the sandbox has finished ``count`` refresh requests."""
+    deadline = time.monotonic() + KILLED_REFRESH_DELAY + WORKER_TIMEOUT
+    while len(refresh_requests(http)) < count:
+        assert time.monotonic() < deadline, "the sandbox never finished the refresh"
+        time.sleep(0.05)
+
+
+def live_grants(http: httpx.Client) -> list[dict[str, Any]]:
+    return [grant for grant in http.get("/_sandbox/grants").json() if grant["active"]]

@@ -14,7 +14,7 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
@@ -596,12 +596,12 @@ def test_secrets_never_leak(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Tokens and client secrets stay out of errors, history rows and logs.
+    """Tokens, secrets, PKCE verifiers and codes stay out of errors, history and logs.
 
-    Authorization codes are checked in errors and history only, because the
-    test's own sign-in client plays the browser. httpcore's debug log of that
-    client shows the redirect to the callback, code included, as a browser's
-    address bar would.
+    Authorization codes are checked in the logs of optin's own loggers only,
+    because the test's sign-in client plays the browser. httpcore's debug log
+    of that client shows the redirect to the callback, code included, as a
+    browser's address bar would.
     """
     caplog.set_level(logging.DEBUG)
     client_secret = manager.settings.client_secret.reveal()
@@ -612,6 +612,7 @@ def test_secrets_never_leak(
         base64.b64encode(basic).decode("ascii"),
         wrong_secret,
     }
+    codes: set[str] = set()
     messages: list[str] = [repr(manager.settings), repr(manager), repr(manager.ups)]
 
     def remember_tokens() -> None:
@@ -620,14 +621,26 @@ def test_secrets_never_leak(
         secret_values.add(grant.access_token.reveal())
         secret_values.add(grant.refresh_token.reveal())
 
+    def signed_in_callback() -> str:
+        """Begin an opt-in, remember its verifier and code, return the callback."""
+        link = begin(manager, sandbox_http)
+        state = parse_qs(urlsplit(link).query)["state"][0]
+        pending = manager.store.get_pending(state)
+        assert pending is not None
+        secret_values.add(pending.verifier.reveal())
+        messages.append(repr(pending))
+        url = sign_in(sandbox_http, link, login_of(COMPANY), password_of(COMPANY))
+        code = parse_qs(urlsplit(url).query)["code"][0]
+        codes.update({code, quote(code, safe="")})
+        return url
+
     def expect_error(error: type[OptinError], action: Any) -> None:
         with pytest.raises(error) as raised:
             action()
         messages.extend([str(raised.value), repr(raised.value)])
 
-    url = callback_url(manager, sandbox_http)
-    code = unquote(url.split("code=")[1].split("&")[0])
-    manager.complete_opt_in(url, actor=ACTOR)
+    url = signed_in_callback()
+    messages.append(repr(manager.complete_opt_in(url, actor=ACTOR)))
     remember_tokens()
     expect_error(CallbackError, lambda: manager.complete_opt_in(url + "x", actor=ACTOR))
     manager.refresh(COMPANY, actor=ACTOR)
@@ -646,23 +659,28 @@ def test_secrets_never_leak(
     add_fault(sandbox_http, endpoint="refresh", drop_after_commit=True)
     expect_error(UPSConnectionError, lambda: manager.refresh(COMPANY, actor=ACTOR))
     expect_error(GrantRevoked, lambda: manager.refresh(COMPANY, actor=ACTOR))
-    forged = callback_url(manager, sandbox_http).replace("code=", "code=Zm9y%2B")
+    forged = signed_in_callback().replace("code=", "code=Zm9y%2B")
     expect_error(CodeRejected, lambda: manager.complete_opt_in(forged, actor=ACTOR))
+    messages.extend(repr(entry) for entry in manager.get_history(COMPANY))
 
     history = [json.dumps(row) for row in manager.store.history()]
-    logged = [record.getMessage() for record in caplog.records]
-    logged += [str(record.exc_text or "") for record in caplog.records]
+    optin_log = "\n".join(
+        caplog.handler.format(record)
+        for record in caplog.records
+        if record.name.split(".")[0] == "optin"
+    )
     assert len(history) > 5
-    assert logged
-    for secret in [*secret_values, code, quote(code, safe="")]:
+    assert "optin.api" in {record.name for record in caplog.records}
+    assert len(codes) >= 2
+    for secret in [*secret_values, *codes]:
         assert len(secret) >= 8
         for text in messages:
             assert secret not in text, f"an error message contains {secret[:4]}…"
         for text in history:
             assert secret not in text, f"a history row contains {secret[:4]}…"
+        assert secret not in optin_log, f"optin's log contains {secret[:4]}…"
     for secret in secret_values:
-        for text in logged:
-            assert secret not in text, f"a log record contains {secret[:4]}…"
+        assert secret not in caplog.text, f"a log record contains {secret[:4]}…"
 
 
 def test_tokens_encrypted_at_rest(manager: Manager, sandbox_http: httpx.Client) -> None:
