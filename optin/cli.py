@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -23,9 +24,15 @@ from tabulate import tabulate
 from optin import errors
 from optin.api import Manager
 from optin.config import Settings
-from optin.lifecycle import lifecycle_markdown, mermaid_diagram, transition_rows
+from optin.lifecycle import (
+    State,
+    lifecycle_markdown,
+    mermaid_diagram,
+    transition_rows,
+)
 from optin.local import SANDBOX_ADMIN_PASSWORD, sandbox_users
-from optin.models import Company, HistoryEntry
+from optin.models import AuthorizationLink, Company, HistoryEntry
+from optin.serving import check_loopback
 
 EXIT_CODES: dict[type[errors.OptinError], int] = {
     errors.TransientError: 5,
@@ -35,6 +42,7 @@ EXIT_CODES: dict[type[errors.OptinError], int] = {
     errors.UsageError: 1,
 }
 COMPANY_COLUMNS = ("id", "name", "state", "updated_at", "access_expires_at")
+STATE_CHOICE = click.Choice([state.value for state in State])
 
 
 def exit_code_for(exc: errors.OptinError) -> int:
@@ -51,8 +59,9 @@ class Context:
         self.actor = actor or os.environ.get("OPTIN_ACTOR") or getpass.getuser()
 
     @contextmanager
-    def manager(self) -> Iterator[Manager]:
-        with Manager(Settings.load(db_path=self.db)) as opened:
+    def manager(self, create: bool = False) -> Iterator[Manager]:
+        """Open the database; only commands that add companies may create it."""
+        with Manager(Settings.load(db_path=self.db), create=create) as opened:
             yield opened
 
     def emit(self, data: Any, text: Callable[[], str]) -> None:
@@ -82,15 +91,29 @@ def with_reason(function: Callable[..., Any]) -> Callable[..., Any]:
     envvar="OPTIN_ACTOR",
     help="Who makes the change, for the history [default: the OS user].",
 )
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="Log more to standard error: -v for each action, -vv for each step.",
+)
 @click.version_option(package_name="optin")
 @click.pass_context
-def cli(ctx: click.Context, db: str | None, as_json: bool, actor: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    db: str | None,
+    as_json: bool,
+    actor: str | None,
+    verbose: int,
+) -> None:
     """Run the UPS OAuth opt-in lifecycle for many companies.
 
     Without configuration every command talks to the loopback UPS sandbox
     (start it with `optin sandbox`). Set OPTIN_ENV=cie or production and the
     app credentials to reach UPS.
     """
+    levels = {0: logging.WARNING, 1: logging.INFO}
+    logging.getLogger("optin").setLevel(levels.get(verbose, logging.DEBUG))
     ctx.obj = Context(db, as_json, actor)
 
 
@@ -135,7 +158,7 @@ def add(
     obj: Context, company_id: str, name: str, email: str | None, reason: str | None
 ) -> None:
     """Add one company in state unauthorized."""
-    with obj.manager() as manager:
+    with obj.manager(create=True) as manager:
         company = manager.add_company(
             company_id, name, email, actor=obj.actor, reason=reason
         )
@@ -150,7 +173,7 @@ def add(
 @pass_context
 def import_(obj: Context, csv_file: Path, reason: str | None) -> None:
     """Add companies from a CSV file with columns id, name, admin_email."""
-    with obj.manager() as manager:
+    with obj.manager(create=True) as manager:
         added = manager.import_companies(csv_file, actor=obj.actor, reason=reason)
     obj.emit({"added": added}, lambda: f"added {added} companies")
 
@@ -172,6 +195,7 @@ def begin(obj: Context, company_id: str, reason: str | None) -> None:
 @cli.command("begin-all")
 @click.option(
     "--state",
+    type=STATE_CHOICE,
     default="invalidated",
     show_default=True,
     help="Begin an opt-in for every company in this state.",
@@ -186,15 +210,47 @@ def begin(obj: Context, company_id: str, reason: str | None) -> None:
 def begin_all(
     obj: Context, state: str, links_csv: Path | None, reason: str | None
 ) -> None:
-    """Begin opt-ins in bulk, e.g. re-opt-in of invalidated companies."""
+    """Begin opt-ins in bulk, e.g. re-opt-in of invalidated companies.
+
+    Without --links-csv the links are printed, so that none is lost.
+    """
+    if links_csv is not None and not links_csv.parent.is_dir():
+        # Checked first: the links only exist once the companies moved.
+        raise click.BadParameter(
+            f"folder {links_csv.parent} does not exist", param_hint="--links-csv"
+        )
     with obj.manager() as manager:
         links, failed = manager.begin_opt_in_all(state, actor=obj.actor, reason=reason)
         if links_csv is not None:
             manager.export_links(links, links_csv)
-    data = {"started": [link.company_id for link in links], "failed": failed}
-    obj.emit(data, lambda: f"began {len(links)} opt-ins, {len(failed)} failed")
+    data = {
+        "started": [
+            {
+                "company_id": link.company_id,
+                "url": link.url,
+                "expires_at": link.expires_at,
+            }
+            for link in links
+        ],
+        "failed": failed,
+        "links_csv": str(links_csv) if links_csv else None,
+    }
+    obj.emit(data, lambda: _begin_all_text(links, failed, links_csv))
     if failed:
         sys.exit(1)
+
+
+def _begin_all_text(
+    links: Sequence[AuthorizationLink], failed: dict[str, str], links_csv: Path | None
+) -> str:
+    lines = [f"began {len(links)} opt-ins, {len(failed)} failed"]
+    if links_csv is not None:
+        lines.append(f"links written to {links_csv}")
+    elif links:
+        rows = [[link.company_id, link.url] for link in links]
+        lines.append(str(tabulate(rows, headers=["company_id", "link"])))
+    lines += [f"  {company}: {message}" for company, message in failed.items()]
+    return "\n".join(lines)
 
 
 @cli.command()
@@ -259,7 +315,7 @@ def refresh(obj: Context, company_id: str, reason: str | None) -> None:
 )
 @click.option(
     "--max-invalidations",
-    type=int,
+    type=click.IntRange(min=1),
     help="Stop after this many dead grants [default: max(10, 20% of companies)].",
 )
 @click.option(
@@ -289,6 +345,8 @@ def refresh_all(
             workers=workers,
         )
     obj.emit(report.as_dict(), lambda: _sweep_text(report.as_dict()))
+    if report.stop_error is not None:
+        sys.exit(exit_code_for(report.stop_error))
     if report.failed or report.stopped_reason:
         sys.exit(5)
 
@@ -338,7 +396,10 @@ def opt_out(obj: Context, company_id: str, yes: bool, reason: str | None) -> Non
         note += (
             f", so the last access token stays valid until {before.access_expires_at}"
         )
-    show_company(obj, company, note)
+    obj.emit(
+        {**company.as_dict(), "note": note},
+        lambda: note + "\n" + company_table([company]),
+    )
 
 
 @cli.command()
@@ -352,7 +413,7 @@ def status(obj: Context, company_id: str) -> None:
 
 
 @cli.command("list")
-@click.option("--state", help="Only companies in this state.")
+@click.option("--state", type=STATE_CHOICE, help="Only companies in this state.")
 @click.option("--search", help="Substring of id, name or admin email.")
 @pass_context
 def list_(obj: Context, state: str | None, search: str | None) -> None:
@@ -399,6 +460,11 @@ README_END = "<!-- lifecycle:end -->"
 
 def render_readme(text: str) -> str:
     """Replace the README's lifecycle block with one generated from the table."""
+    if README_START not in text or README_END not in text:
+        raise click.ClickException(
+            f"the file has no lifecycle block; add the lines {README_START} and "
+            f"{README_END} where the table and diagram should go"
+        )
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
     return f"{head}{README_START}\n{lifecycle_markdown()}{README_END}{tail}"
@@ -466,7 +532,17 @@ def sandbox(
     from optin.sandbox import SandboxSettings
     from optin.sandbox.server import serve
 
+    try:
+        check_loopback(host, allow_remote)
+    except ValueError:
+        raise click.BadParameter(
+            f"{host!r} is not a loopback address; the sandbox has no real "
+            "authentication, so pass --allow-remote to listen there anyway",
+            param_hint="--host",
+        ) from None
     users = sandbox_users(admins_csv, admin_password)
+    if not users:
+        click.echo(f"warning: no admins read from {admins_csv}; no users", err=True)
     click.echo(f"UPS sandbox on http://{host}:{port} (Ctrl-C stops it)")
     if users:
         click.echo(
@@ -493,7 +569,6 @@ def receiver(obj: Context, host: str, port: int | None, allow_remote: bool) -> N
     import uvicorn
 
     from optin.receiver import create_receiver
-    from optin.serving import check_loopback
 
     check_loopback(host, allow_remote)
     settings = Settings.load(db_path=obj.db)
@@ -532,6 +607,11 @@ def demo(obj: Context, companies_csv: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    # Warnings and errors that the toolkit logs go to standard error; -v
+    # lowers the optin loggers' level.
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         cli.main(args=argv, prog_name="optin", standalone_mode=False)
     except click.exceptions.Abort:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from optin.errors import OptinError
 from optin.lifecycle import State, allowed_triggers
 
 
@@ -119,6 +120,8 @@ class SweepReport:
     failed: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     stopped_reason: str | None = None
+    # The error that stopped the sweep, when one company's error did.
+    stop_error: OptinError | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {

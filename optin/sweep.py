@@ -89,11 +89,11 @@ class SweepTracker:
                 )
         elif isinstance(error, errors.ClientRejected | errors.Blocked):
             report.failed[company_id] = str(error)
-            self._stop(f"UPS rejected the client: {error}")
+            self._stop(f"UPS rejected the client: {error}", error)
         elif isinstance(error, errors.InvalidRequest):
             # The same malformed request would fail for every company.
             report.failed[company_id] = str(error)
-            self._stop(f"UPS rejected the refresh request itself: {error}")
+            self._stop(f"UPS rejected the refresh request itself: {error}", error)
         elif isinstance(error, errors.RefreshInProgress):
             # Another worker or sweep is refreshing this company right now.
             report.skipped.append(company_id)
@@ -109,7 +109,8 @@ class SweepTracker:
             report.failed[company_id] = str(error)
             self._transient_run = 0
 
-    def _stop(self, reason: str) -> None:
+    def _stop(self, reason: str, error: errors.OptinError | None = None) -> None:
         # The first reason wins; later outcomes of in-flight refreshes still count.
         if self.report.stopped_reason is None:
             self.report.stopped_reason = reason
+            self.report.stop_error = error

@@ -95,6 +95,7 @@ def test_invalid_transition_exit_one(env: Settings) -> None:
 
 
 def test_unknown_company_exit_one(env: Settings) -> None:
+    cli_run(["add", "A-1", "Alpha"])
     code, output = cli_run(["status", "NOPE"])
     assert code == 1
     assert "'NOPE' not found" in output
@@ -111,6 +112,7 @@ def test_opt_out_without_yes(env: Settings) -> None:
 
 
 def test_forged_callback_exit_one(env: Settings) -> None:
+    cli_run(["add", "A-1", "Alpha"])
     code, output = cli_run(
         ["complete", "http://127.0.0.1:8766/callback?code=x&state=y"]
     )
@@ -189,3 +191,78 @@ def test_begin_all_writes_links(
     assert rows[0] == "company_id,name,admin_email,link,link_expires_at"
     assert rows[1].startswith("A-1,Alpha,a@alpha.example,http://127.0.0.1:")
     assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_begin_all_prints_links(env: Settings, sandbox_http: httpx.Client) -> None:
+    cli_run(["add", "A-1", "Alpha"])
+    with Manager(env) as manager:
+        authorize(manager, sandbox_http, "A-1")
+        manager.record_password_change("A-1", actor="ana")
+    code, output = cli_run(["--json", "begin-all"])
+    assert code == 0
+    started = json.loads(output)["started"]
+    assert started[0]["company_id"] == "A-1"
+    assert started[0]["url"].startswith(env.base_url)
+
+
+def test_begin_all_bad_folder_changes_nothing(
+    env: Settings, sandbox_http: httpx.Client, tmp_path: Path
+) -> None:
+    cli_run(["add", "A-1", "Alpha"])
+    with Manager(env) as manager:
+        authorize(manager, sandbox_http, "A-1")
+        manager.record_password_change("A-1", actor="ana")
+    target = tmp_path / "missing" / "links.csv"
+    code, output = cli_run(["begin-all", "--links-csv", str(target)])
+    assert code == 2
+    assert "does not exist" in output
+    with Manager(env) as manager:
+        assert manager.get_company("A-1").state.value == "invalidated"
+
+
+def test_list_unknown_state_exit_two(env: Settings) -> None:
+    cli_run(["add", "A-1", "Alpha"])
+    code, output = cli_run(["list", "--state", "bogus"])
+    assert code == 2
+    assert "invalidated" in output
+
+
+def test_missing_database_not_created(env: Settings, tmp_path: Path) -> None:
+    typo = tmp_path / "typo.db"
+    code, output = cli_run(["--db", str(typo), "counts"])
+    assert code == 6
+    assert "database not found" in output
+    assert not typo.exists()
+
+
+def test_sweep_stopped_by_client_exit_three(
+    env: Settings, sandbox_http: httpx.Client
+) -> None:
+    cli_run(["add", "A-1", "Alpha"])
+    cli_run(["add", "B-2", "Beta"])
+    with Manager(env) as manager:
+        authorize(manager, sandbox_http, "A-1")
+        authorize(manager, sandbox_http, "B-2")
+    sandbox_http.post(
+        "/_sandbox/faults", json={"endpoint": "refresh", "status": 401, "count": 1}
+    ).raise_for_status()
+    code, output = cli_run(["refresh-all"])
+    assert code == 3
+    assert "stopped early: UPS rejected the client" in output
+
+
+def test_opt_out_json_has_note(env: Settings, sandbox_http: httpx.Client) -> None:
+    cli_run(["add", "A-1", "Alpha"])
+    with Manager(env) as manager:
+        authorize(manager, sandbox_http, "A-1")
+    code, output = cli_run(["--json", "opt-out", "A-1", "--yes"])
+    assert code == 0
+    assert "UPS has no revoke endpoint" in json.loads(output)["note"]
+
+
+def test_write_readme_without_markers(env: Settings, tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("# Title\n", encoding="utf-8")
+    code, output = cli_run(["diagram", "--write-readme", str(page)])
+    assert code == 2
+    assert "no lifecycle block" in output
