@@ -472,7 +472,7 @@ class Manager:
             )
             raise
         except Exception:
-            # Outcome unknown (timeout, 5xx, an unreadable answer): UPS may have
+            # Outcome unknown (timeout, 5xx, an unreadable response): UPS may have
             # used the code, so the link is closed and the company stays pending
             # until a new link.
             with self.store.immediate():
@@ -803,7 +803,7 @@ class Manager:
         with self.store.immediate():
             if sent_refresh_token is not None:
                 # A worker whose lease ran out may have rotated the pair after
-                # this one read it; then the rejection says nothing of the grant.
+                # this one read it; then the rejection does not show a dead grant.
                 current = self.store.get_grant(company.id)
                 if current is None or current.refresh_token != sent_refresh_token:
                     raise errors.ConcurrentUpdate(company.id, "invalidate")

@@ -316,7 +316,7 @@ def refresh(obj: Context, company_id: str, reason: str | None) -> None:
 @click.option(
     "--max-invalidations",
     type=click.IntRange(min=1),
-    help="Stop after this many dead grants [default: max(10, 20% of companies)].",
+    help="Stop after this many dead grants [default: max(10, 20% of those swept)].",
 )
 @click.option(
     "--workers",

@@ -1,4 +1,4 @@
-"""Refresh answers other than success: only a dead refresh token kills a grant."""
+"""Refresh responses other than success: only a dead refresh token kills a grant."""
 
 from __future__ import annotations
 
