@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import logging
 import secrets
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 LEASE_MARGIN = timedelta(seconds=30)
 # Header of the CSV file that export_links writes.
 LINK_COLUMNS = ("company_id", "name", "admin_email", "link", "link_expires_at")
+# Longest wait, in seconds, between retries of a rate-limited refresh.
+MAX_BACKOFF = 60.0
 # Commits of a refreshed pair attempted before giving up on a locked database.
 STORE_ATTEMPTS = 3
 
@@ -727,12 +730,16 @@ class Manager:
         max_invalidations: int | None = None,
         max_transient_in_a_row: int = 5,
         workers: int = 1,
+        rate_limit_retries: int = 3,
+        backoff: float = 2.0,
         progress: Callable[[int, int], None] | None = None,
     ) -> SweepReport:
         """Refresh every authorized company (or those expiring within ``due_within``).
 
         ``workers`` threads send refreshes in parallel over this Manager's
-        HTTP client; the database writes stay serialized. The sweep stops
+        HTTP client; the database writes stay serialized. A 429 is retried
+        up to ``rate_limit_retries`` times after ``backoff`` seconds, doubling
+        each time (at most MAX_BACKOFF). The sweep stops
         early, leaving the rest untouched (listed as skipped), when UPS
         rejects the client, after ``max_transient_in_a_row`` transient errors
         in a row, or once ``max_invalidations`` grants died (default: 10, or
@@ -748,12 +755,30 @@ class Manager:
             if tracker.stopped:
                 tracker.skip(company_id)
                 return
-            try:
-                self._refresh(company_id, actor, reason, tracker.reserve_invalidation)
-            except errors.OptinError as exc:
-                tracker.record(company_id, exc)
-            else:
-                tracker.record(company_id, None)
+            for attempt in range(rate_limit_retries + 1):
+                try:
+                    self._refresh(
+                        company_id, actor, reason, tracker.reserve_invalidation
+                    )
+                except errors.RateLimited as exc:
+                    # UPS refused before using the token, so waiting and
+                    # sending it again is safe.
+                    if attempt == rate_limit_retries or tracker.stopped:
+                        tracker.record(company_id, exc)
+                        return
+                    delay = min(backoff * 2**attempt, MAX_BACKOFF)
+                    logger.warning(
+                        "company %s: UPS rate limit, retrying in %.1f s",
+                        company_id,
+                        delay,
+                    )
+                    time.sleep(delay)
+                except errors.OptinError as exc:
+                    tracker.record(company_id, exc)
+                    return
+                else:
+                    tracker.record(company_id, None)
+                    return
 
         ids = [company.id for company in companies]
         if workers <= 1:

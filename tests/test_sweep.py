@@ -118,3 +118,29 @@ def test_rotated_elsewhere_not_invalidated(
     manager.store.get_grant = real_get_grant  # type: ignore[method-assign]
     assert manager.get_company("C-00").state is State.AUTHORIZED
     assert manager.refresh("C-00", actor="job").state is State.AUTHORIZED
+
+
+def test_sweep_backs_off_on_rate_limit(
+    manager: Manager, sandbox_http: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    seed(manager, sandbox_http, 3)
+    sandbox_http.post(
+        "/_sandbox/faults", json={"endpoint": "refresh", "status": 429, "count": 2}
+    ).raise_for_status()
+    report = manager.refresh_all(actor="job", backoff=0.01)
+    assert sorted(report.refreshed) == ["C-00", "C-01", "C-02"]
+    assert report.failed == {}
+    assert caplog.text.count("UPS rate limit, retrying") == 2
+
+
+def test_sweep_rate_limit_gives_up(
+    manager: Manager, sandbox_http: httpx.Client
+) -> None:
+    seed(manager, sandbox_http, 1)
+    sandbox_http.post(
+        "/_sandbox/faults", json={"endpoint": "refresh", "status": 429, "count": 5}
+    ).raise_for_status()
+    report = manager.refresh_all(actor="job", backoff=0.01, rate_limit_retries=2)
+    assert list(report.failed) == ["C-00"]
+    assert "Rate Limit Exceeded" in report.failed["C-00"]
+    assert manager.store.count_grants("C-00") == 1
