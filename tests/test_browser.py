@@ -2,8 +2,10 @@
 
 One company goes through a whole opt-in and an opt-out with clicks only: the
 sandbox's sign-in pages open in a new tab, consent sends that tab to the
-console's callback receiver, and the console then shows the result. Each step
-leaves a screenshot in tests/artifacts/browser/.
+console's callback receiver, and the console then shows the result. On the
+way, a refresh that fails with HTTP 503 from UPS must show its error in the page.
+A full list of other companies checks that the panel and the message stay on
+screen. Each step leaves a screenshot in tests/artifacts/browser/.
 
 Chromium is Debian's /usr/bin/chromium, because Playwright's own browser
 download is not available here. The browser may reach only 127.0.0.1. It
@@ -55,6 +57,9 @@ COMPANY_NAME = "Browser Test Ltd"
 ANALYST = "browser-analyst"
 LOGIN = "browser-admin"
 PASSWORD = "browser password 1"
+# More companies than the console lists, sorted after COMPANY_ID, so that the
+# list and the table are full.
+FILLER_COMPANIES = 250
 # Bounded, so that a hung page fails this test instead of hanging the run.
 VOILA_START_TIMEOUT_S = 60
 UI_TIMEOUT_MS = 20_000
@@ -83,7 +88,7 @@ class Voila:
 def console_settings(
     tmp_path: Path, sandbox: SandboxServer, sandbox_http: httpx.Client
 ) -> Settings:
-    """Register the admin and a redirect URI at the sandbox, and add the company."""
+    """Register the admin and a redirect URI at the sandbox, and add the companies."""
     redirect_uri = f"http://127.0.0.1:{free_port()}/callback"
     client = {
         "client_id": SANDBOX_CLIENT_ID,
@@ -94,10 +99,15 @@ def console_settings(
     user = {"username": LOGIN, "email": f"{LOGIN}@example.com", "password": PASSWORD}
     sandbox_http.post("/_sandbox/users", json=user).raise_for_status()
     settings = make_settings(tmp_path, sandbox.url, redirect_uri=redirect_uri)
+    fillers = [
+        {"id": f"FILLER-{n:04d}", "name": f"Filler {n}", "admin_email": ""}
+        for n in range(FILLER_COMPANIES)
+    ]
     with Manager(settings) as manager:
         manager.add_company(
             COMPANY_ID, COMPANY_NAME, "admin@browser.example", actor="browser-test"
         )
+        manager.import_companies(fillers, actor="browser-test")
     return settings
 
 
@@ -224,6 +234,9 @@ def opt_in_with_clicks(
     select.select_option(label=option.inner_text())
     badge = page.locator(f'.optin-summary[data-company-id="{COMPANY_ID}"] .optin-badge')
     expect(badge).to_have_text("unauthorized")
+    # The full company table must not push the panel below the window.
+    expect(page.locator(".optin-list-note")).to_contain_text("Showing 200 of")
+    expect(page.locator("button.optin-oauth")).to_be_in_viewport()
     page.click("button.optin-oauth")
     expect(page.locator(".optin-dialog")).to_be_visible()
     shots.take("02-oauth-dialog", page)
@@ -255,8 +268,10 @@ def opt_in_with_clicks(
     shots.take("07-callback-receiver", signin)
 
 
-def check_and_opt_out(page: Page, shots: Screenshots) -> None:
-    """Show the company authorized in the console, then opt it out."""
+def check_and_opt_out(
+    page: Page, voila: Voila, sandbox_http: httpx.Client, shots: Screenshots
+) -> None:
+    """Show the company authorized, fail one refresh, then opt the company out."""
     page.bring_to_front()
     page.click("button.optin-status")
     badge = page.locator(f'.optin-summary[data-company-id="{COMPANY_ID}"] .optin-badge')
@@ -265,19 +280,30 @@ def check_and_opt_out(page: Page, shots: Screenshots) -> None:
     expect(message).to_contain_text("is authorized since")
     shots.take("08-status-authorized", page)
 
+    fault = {"endpoint": "refresh", "status": 503, "count": 1}
+    sandbox_http.post("/_sandbox/faults", json=fault).raise_for_status()
+    page.fill(".optin-reason input", "token check")
+    page.click("button.optin-refresh")
+    error = message.locator('[data-kind="error"]')
+    expect(error).to_contain_text(f"Refresh failed for {COMPANY_NAME} ({COMPANY_ID})")
+    expect(error).to_contain_text("HTTP 503")
+    expect(error).to_be_in_viewport()
+    expect(badge).to_have_text("authorized")
+    shots.take("09-refresh-503", page)
+
     page.click("button.optin-authorized")
     page.click("button.optin-opt-out")
     expect(page.locator(".optin-opt-out-dialog")).to_be_visible()
-    shots.take("09-opt-out-confirm", page)
+    shots.take("10-opt-out-confirm", page)
 
     page.click("button.optin-confirm-opt-out")
     expect(message).to_contain_text("Opted out")
     expect(message).to_contain_text("UPS has no revoke endpoint")
     expect(badge).to_have_text("opted_out")
-    shots.take("10-opted-out", page)
+    shots.take("11-opted-out", page)
 
 
-def test_console_opt_in_and_out(voila: Voila) -> None:
+def test_console_opt_in_and_out(voila: Voila, sandbox_http: httpx.Client) -> None:
     shots = Screenshots(ARTIFACTS)
     blocked: list[str] = []
 
@@ -301,7 +327,7 @@ def test_console_opt_in_and_out(voila: Voila) -> None:
             page = context.new_page()
             try:
                 opt_in_with_clicks(context, page, voila, shots)
-                check_and_opt_out(page, shots)
+                check_and_opt_out(page, voila, sandbox_http, shots)
             except BaseException:
                 for number, open_page in enumerate(context.pages, start=1):
                     shots.take(f"99-failure-page-{number}", open_page)

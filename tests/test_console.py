@@ -6,6 +6,7 @@ import dataclasses
 import html
 import re
 import socket
+import sqlite3
 import sys
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -20,6 +21,7 @@ import pytest
 from optin import Manager, Settings, State
 from optin.config import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_REDIRECT_URI
 from optin.console import Console, open_console
+from optin.console.app import MAX_ROWS
 from optin.receiver import create_receiver
 from optin.sandbox import SandboxServer
 from optin.serving import ThreadedServer
@@ -177,6 +179,16 @@ def register_redirect_uri(sandbox_http: httpx.Client, uri: str) -> None:
     sandbox_http.post("/_sandbox/clients", json=client).raise_for_status()
 
 
+def other_manager(settings: Settings) -> Manager:
+    """Open a second Manager on the database, as the CLI in another process would."""
+    return Manager(settings)
+
+
+def add_fault(sandbox_http: httpx.Client, **fault: object) -> None:
+    body = {"endpoint": "refresh", "count": 1, **fault}
+    sandbox_http.post("/_sandbox/faults", json=body).raise_for_status()
+
+
 # -- company list ---------------------------------------------------------------
 
 
@@ -234,6 +246,60 @@ def test_selecting_company_shows_panel(console: Console) -> None:
     assert is_shown(console, console.panel)
     assert "Acme Corp" in console.summary_html.value
     assert 'data-state="unauthorized"' in console.badge_html.value
+
+
+def test_search_treats_wildcards_literally(console: Console, manager: Manager) -> None:
+    manager.add_company("PCT-1", "Save 100% now", "", actor="test")
+    manager.add_company("UND_2", "Under score", "", actor="test")
+    cases = {
+        "%": ["PCT-1"],
+        "100%": ["PCT-1"],
+        "_": ["UND_2"],
+        "d_2": ["UND_2"],
+        "%_": [],
+    }
+    for search, expected in cases.items():
+        console.search.value = search
+        listed = [value for _, value in console.company_select.options]
+        assert listed == expected, search
+
+
+def test_html_in_company_name_is_escaped(console: Console, manager: Manager) -> None:
+    manager.add_company("X<i>1", "<script>alert(1)</script> & Co", "", actor="test")
+    console.search.value = "<script>"
+    assert [value for _, value in console.company_select.options] == ["X<i>1"]
+    console.company_select.value = "X<i>1"
+    for fragment in (console.company_table.value, console.summary_html.value):
+        assert "<script>" not in fragment
+        assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; Co" in fragment
+        assert "X&lt;i&gt;1" in fragment
+
+
+def test_long_list_is_cut_with_note(console: Console, manager: Manager) -> None:
+    extra = [
+        {"id": f"BULK-{n:04d}", "name": f"Bulk {n}", "admin_email": ""}
+        for n in range(MAX_ROWS + 20)
+    ]
+    manager.import_companies(extra, actor="test")
+    console.reload()
+    total = MAX_ROWS + 23
+    assert len(console.company_select.options) == MAX_ROWS
+    table = console.company_table.value
+    note = f"Showing {MAX_ROWS} of {total} companies; narrow the search"
+    assert note in text_of(table)
+    assert table.index("optin-list-note") < table.index("<table")
+    console.search.value = "BULK-0219"
+    assert [value for _, value in console.company_select.options] == ["BULK-0219"]
+
+
+def test_panel_comes_before_long_list(console: Console) -> None:
+    children = list(console.widget.children)
+    table_at = children.index(console.company_table_box)
+    assert children.index(console.output) < table_at
+    assert children.index(console.panel) < table_at
+    assert console.company_table_box.children == (console.company_table,)
+    assert console.company_table_box.layout.overflow == "auto"
+    assert console.company_table_box.layout.max_height == "320px"
 
 
 # -- actions follow the state machine ---------------------------------------------
@@ -407,6 +473,154 @@ def test_link_made_elsewhere_is_not_shown(console: Console, manager: Manager) ->
     assert "Click OAuth to create a new link" in text_of(console.link_html.value)
 
 
+def test_second_oauth_replaces_link(
+    console: Console, manager: Manager, admin: dict[str, str]
+) -> None:
+    # The second Continue comes within the repeat window, but it belongs to a
+    # newly opened dialog, so it must run.
+    assert console.repeat_window >= 1.0
+    first_url = start_opt_in(console, "ACME-01")
+    console.oauth_button.click()
+    assert "earlier sign-in link stops working" in text_of(console.dialog_text.value)
+    console.continue_button.click()
+    second_url = sign_in_anchor(console)["href"]
+    assert second_url != first_url
+    assert triggers(manager, "ACME-01").count("request_authorization") == 2
+    assert "The earlier sign-in link no longer works" in message(console)
+    assert not is_shown(console, console.dialog)
+
+    console.callback_box.value = admin_signs_in(first_url)
+    console.complete_button.click()
+    assert "was replaced by a newer one" in message(console)
+    assert manager.get_company("ACME-01").state == State.PENDING
+
+
+def test_access_denied_callback_cancels(
+    console: Console, manager: Manager, admin: dict[str, str]
+) -> None:
+    url = start_opt_in(console, "ACME-01")
+    with httpx.Client(follow_redirects=False) as browser:
+        denied = sign_in(browser, url, ADMIN["username"], ADMIN["password"], False)
+    console.callback_box.value = denied
+    console.complete_button.click()
+    text = message(console)
+    assert text.startswith("Acme Corp (ACME-01):")
+    assert "error=access_denied" in text
+    assert console.output.value.count('data-kind="info"') == 1
+    assert manager.get_company("ACME-01").state == State.UNAUTHORIZED
+    assert not is_shown(console, console.callback_box)
+
+
+def test_callback_of_other_company_switches(
+    console: Console, manager: Manager, admin: dict[str, str]
+) -> None:
+    globex_url = start_opt_in(console, "GLOBEX-02")
+    start_opt_in(console, "ACME-01")
+    console.reason_box.value = "admin sent the address by mail"
+    console.callback_box.value = admin_signs_in(globex_url)
+    console.complete_button.click()
+    text = message(console)
+    assert "belongs to Globex (GLOBEX-02), not to the selected Acme Corp" in text
+    assert "Globex (GLOBEX-02): company GLOBEX-02 is authorized" in text
+    assert console.selected_id == "GLOBEX-02"
+    assert console.company_select.value == "GLOBEX-02"
+    assert 'data-company-id="GLOBEX-02"' in console.summary_html.value
+    assert manager.get_company("GLOBEX-02").state == State.AUTHORIZED
+    assert manager.get_company("ACME-01").state == State.PENDING
+    entry = manager.get_history("GLOBEX-02", newest_first=True)[0]
+    assert entry.reason == "admin sent the address by mail"
+
+
+def test_failed_callback_of_other_company(
+    console: Console, manager: Manager, admin: dict[str, str]
+) -> None:
+    old_globex_url = start_opt_in(console, "GLOBEX-02")
+    manager.begin_opt_in("GLOBEX-02", actor="batch")
+    start_opt_in(console, "ACME-01")
+    console.callback_box.value = admin_signs_in(old_globex_url)
+    console.complete_button.click()
+    text = message(console)
+    assert "belongs to Globex (GLOBEX-02)" in text
+    assert "Complete failed for Globex (GLOBEX-02)" in text
+    assert "Complete failed for Acme Corp" not in text
+    assert console.selected_id == "GLOBEX-02"
+    assert console.output.value.count('data-kind="error"') == 1
+
+
+def test_oauth_dialog_closes_on_outside_change(
+    console: Console, manager: Manager, settings: Settings, admin: dict[str, str]
+) -> None:
+    console.company_select.value = "ACME-01"
+    console.oauth_button.click()
+    with other_manager(settings) as cli:
+        opt_in_directly(cli, "ACME-01")
+    console.status_button.click()
+    assert not is_shown(console, console.dialog)
+    assert is_shown(console, console.badge_button)
+
+
+def test_continue_on_stale_dialog_does_nothing(
+    console: Console, manager: Manager, settings: Settings
+) -> None:
+    console.company_select.value = "ACME-01"
+    console.oauth_button.click()
+    with other_manager(settings) as cli:
+        cli.begin_opt_in("ACME-01", actor="cli")
+    # The page still shows the dialog, because nothing redrew the panel.
+    console.continue_button.click()
+    text = message(console)
+    assert "Continue did nothing for Acme Corp (ACME-01)" in text
+    assert "last change was request_authorization by cli" in text
+    assert "It is pending now" in text
+    assert [e.actor for e in manager.get_history("ACME-01")] == ["test", "cli"]
+    assert not is_shown(console, console.dialog)
+
+
+def test_stale_oauth_button_opens_no_dialog(
+    console: Console, manager: Manager, settings: Settings, admin: dict[str, str]
+) -> None:
+    console.company_select.value = "ACME-01"
+    with other_manager(settings) as cli:
+        opt_in_directly(cli, "ACME-01")
+    console.oauth_button.click()
+    text = message(console)
+    assert "OAuth failed for Acme Corp (ACME-01)" in text
+    assert "Its last change was authorize by test at" in text
+    assert not is_shown(console, console.dialog)
+
+
+def test_stale_opt_out_button_asks_nothing(
+    console: Console, manager: Manager, settings: Settings
+) -> None:
+    start_opt_in(console, "ACME-01")
+    with other_manager(settings) as cli:
+        cli.cancel_opt_in("ACME-01", actor="cli")
+    console.opt_out_button.click()
+    assert "Opt-Out failed for Acme Corp (ACME-01)" in message(console)
+    assert not is_shown(console, console.opt_out_dialog)
+
+
+def test_continue_retries_after_locked_database(
+    console: Console, manager: Manager, settings: Settings
+) -> None:
+    manager.store.conn.execute("PRAGMA busy_timeout=100")
+    console.company_select.value = "ACME-01"
+    console.oauth_button.click()
+    with sqlite3.connect(settings.db_path) as writer:
+        writer.execute("BEGIN IMMEDIATE")
+        console.continue_button.click()
+        writer.rollback()
+    text = message(console)
+    assert "Continue failed for Acme Corp (ACME-01)" in text
+    assert "stayed locked" in text
+    assert is_shown(console, console.continue_button)
+    assert manager.get_company("ACME-01").state == State.UNAUTHORIZED
+
+    console.continue_button.click()
+    assert manager.get_company("ACME-01").state == State.PENDING
+    assert "Sign-in link created" in message(console)
+
+
 # -- opt-out ------------------------------------------------------------------------
 
 
@@ -450,6 +664,59 @@ def test_confirm_without_asking_does_nothing(
     console.company_select.value = "ACME-01"
     console.confirm_opt_out_button.click()
     assert manager.get_company("ACME-01").state == State.PENDING
+
+
+def test_confirm_on_stale_dialog_does_nothing(
+    console: Console, manager: Manager, settings: Settings
+) -> None:
+    start_opt_in(console, "ACME-01")
+    console.opt_out_button.click()
+    assert is_shown(console, console.confirm_opt_out_button)
+    with other_manager(settings) as cli:
+        cli.cancel_opt_in("ACME-01", actor="cli")
+    console.confirm_opt_out_button.click()
+    text = message(console)
+    assert "Confirm opt-out did nothing for Acme Corp (ACME-01)" in text
+    assert "last change was cancel by cli" in text
+    assert manager.get_company("ACME-01").state == State.UNAUTHORIZED
+    assert "opt_out" not in triggers(manager, "ACME-01")
+    assert not is_shown(console, console.opt_out_dialog)
+
+
+def test_opt_out_dialog_closes_on_outside_change(
+    console: Console, manager: Manager, settings: Settings
+) -> None:
+    start_opt_in(console, "ACME-01")
+    console.opt_out_button.click()
+    with other_manager(settings) as cli:
+        cli.cancel_opt_in("ACME-01", actor="cli")
+    console.status_button.click()
+    assert not is_shown(console, console.opt_out_dialog)
+    assert action_buttons(console) == {"OAuth", "Check status"}
+
+
+def test_opt_out_without_tokens_names_old_token(
+    console: Console, manager: Manager, admin: dict[str, str]
+) -> None:
+    opt_in_directly(manager, "ACME-01")
+    first_expiry = manager.get_company("ACME-01").access_expires_at
+    assert first_expiry is not None
+    shown_expiry = first_expiry[:19].replace("T", " ")
+    manager.opt_out("ACME-01", actor="test", confirm=True)
+    start_opt_in(console, "ACME-01")
+    console.opt_out_button.click()
+    assert shown_expiry in text_of(console.opt_out_text.value)
+    console.confirm_opt_out_button.click()
+    text = message(console)
+    assert manager.get_company("ACME-01").state == State.OPTED_OUT
+    assert f"stays valid at UPS until it expires at {shown_expiry}" in text
+
+
+def test_opt_out_never_authorized_company(console: Console, manager: Manager) -> None:
+    start_opt_in(console, "ACME-01")
+    console.opt_out_button.click()
+    console.confirm_opt_out_button.click()
+    assert "no access token was ever issued for this company" in message(console)
 
 
 # -- refresh and password change ----------------------------------------------------
@@ -502,6 +769,118 @@ def test_invalid_action_names_company(console: Console, manager: Manager) -> Non
 def test_action_without_selection(console: Console) -> None:
     console.oauth_button.click()
     assert "select a company" in message(console)
+
+
+@pytest.mark.parametrize(
+    ("status", "advice"),
+    [(503, "retry later"), (429, "back off and retry later"), (401, "OPTIN_CLIENT_ID")],
+)
+def test_refresh_ups_error_names_company(
+    console: Console,
+    manager: Manager,
+    admin: dict[str, str],
+    sandbox_http: httpx.Client,
+    status: int,
+    advice: str,
+) -> None:
+    opt_in_directly(manager, "ACME-01")
+    console.company_select.value = "ACME-01"
+    console.reason_box.value = "audit"
+    add_fault(sandbox_http, status=status)
+    console.refresh_button.click()
+    text = message(console)
+    assert text.startswith("Refresh failed for Acme Corp (ACME-01)")
+    assert f"HTTP {status}" in text
+    assert advice in text
+    assert manager.get_company("ACME-01").state == State.AUTHORIZED
+    assert console.reason_box.value == "audit"
+    assert console.refresh_button.disabled is False
+
+
+def test_refresh_timeout_keeps_tokens(
+    manager: Manager,
+    companies: None,
+    settings: Settings,
+    admin: dict[str, str],
+    sandbox_http: httpx.Client,
+) -> None:
+    opt_in_directly(manager, "ACME-01")
+    quick = dataclasses.replace(settings, timeout=0.3)
+    with Manager(quick) as impatient:
+        console = Console(impatient, actor="ana")
+        console.company_select.value = "ACME-01"
+        console.reason_box.value = "audit"
+        add_fault(sandbox_http, delay=1.0)
+        console.refresh_button.click()
+        text = message(console)
+        assert text.startswith("Refresh failed for Acme Corp (ACME-01)")
+        assert "timed out" in text
+        assert "The stored tokens are kept" in text
+        assert console.errors == []
+    assert manager.get_company("ACME-01").state == State.AUTHORIZED
+
+
+def test_refresh_with_sandbox_down(
+    manager: Manager, companies: None, settings: Settings, admin: dict[str, str]
+) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        down_url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    opt_in_directly(manager, "ACME-01")
+    unreachable = dataclasses.replace(settings, base_url=down_url)
+    with Manager(unreachable) as offline:
+        console = Console(offline, actor="ana")
+        console.company_select.value = "ACME-01"
+        console.reason_box.value = "audit"
+        console.refresh_button.click()
+        text = message(console)
+        assert text.startswith("Refresh failed for Acme Corp (ACME-01)")
+        assert "ConnectError" in text
+        assert console.errors == []
+    assert manager.get_company("ACME-01").state == State.AUTHORIZED
+
+
+def test_stale_refresh_names_last_change(
+    console: Console, manager: Manager, settings: Settings, admin: dict[str, str]
+) -> None:
+    opt_in_directly(manager, "ACME-01")
+    console.company_select.value = "ACME-01"
+    with other_manager(settings) as cli:
+        cli.record_password_change("ACME-01", actor="cli", reason="admin called")
+    console.reason_box.value = "audit"
+    console.refresh_button.click()
+    text = message(console)
+    assert "Refresh failed for Acme Corp (ACME-01)" in text
+    assert "Its last change was invalidate by cli at" in text
+    assert action_buttons(console) == {"OAuth", "Opt-Out", "Check status"}
+
+
+def test_reason_cleared_after_change(
+    console: Console, manager: Manager, admin: dict[str, str]
+) -> None:
+    opt_in_directly(manager, "ACME-01")
+    console.company_select.value = "ACME-01"
+    console.reason_box.value = "token check"
+    console.refresh_button.click()
+    assert console.reason_box.value == ""
+    console.badge_button.click()
+    console.opt_out_button.click()
+    console.confirm_opt_out_button.click()
+    entry = manager.get_history("ACME-01", newest_first=True)[0]
+    assert entry.trigger == "opt_out"
+    assert entry.reason is None
+
+
+def test_reason_not_carried_to_other_company(
+    console: Console, manager: Manager
+) -> None:
+    console.company_select.value = "ACME-01"
+    console.reason_box.value = "only about Acme"
+    console.company_select.value = "GLOBEX-02"
+    assert console.reason_box.value == ""
+    console.oauth_button.click()
+    console.continue_button.click()
+    assert manager.get_history("GLOBEX-02", newest_first=True)[0].reason is None
 
 
 # -- double clicks and busy buttons -------------------------------------------------
@@ -578,6 +957,7 @@ def test_repeat_after_window_runs_again(
     console.company_select.value = "ACME-01"
     console.reason_box.value = "scheduled"
     console.refresh_button.click()
+    console.reason_box.value = "scheduled again"
     console.refresh_button.click()
     assert triggers(manager, "ACME-01").count("refresh") == 2
 
@@ -604,18 +984,42 @@ def test_diagram_shows_counts(console: Console) -> None:
 
 
 def test_no_secret_in_widgets(
-    console: Console, manager: Manager, admin: dict[str, str]
+    console: Console, manager: Manager, settings: Settings, admin: dict[str, str]
 ) -> None:
-    callback_url = opt_in_by_pasting(console, "ACME-01")
+    url = start_opt_in(console, "ACME-01")
+    state = parse_qs(urlsplit(url).query)["state"][0]
+    pending = manager.store.get_pending(state)
+    assert pending is not None
+    callback_url = admin_signs_in(url)
+    console.callback_box.value = callback_url
+    console.complete_button.click()
     console.reason_box.value = "rotate"
     console.refresh_button.click()
+    assert "Refreshed the tokens" in message(console)
+
     grant = manager.store.get_grant("ACME-01")
     assert grant is not None
-    code = parse_qs(urlsplit(callback_url).query)["code"][0]
-    secrets = [grant.access_token.reveal(), grant.refresh_token.reveal(), code]
+    secrets = {
+        "access token": grant.access_token.reveal(),
+        "refresh token": grant.refresh_token.reveal(),
+        "code": parse_qs(urlsplit(callback_url).query)["code"][0],
+        "verifier": pending.verifier.reveal(),
+        "client secret": settings.client_secret.reveal(),
+    }
     texts = widget_texts(console)
-    for secret in secrets:
-        assert not any(secret in text for text in texts)
+    for name, secret in secrets.items():
+        assert not any(secret in text for text in texts), name
+
+
+def test_closed_link_leaves_widgets(
+    console: Console, manager: Manager, admin: dict[str, str]
+) -> None:
+    url = start_opt_in(console, "ACME-01")
+    state = parse_qs(urlsplit(url).query)["state"][0]
+    console.callback_box.value = admin_signs_in(url)
+    console.complete_button.click()
+    assert console.link_html.value == ""
+    assert not any(state in text for text in widget_texts(console))
 
 
 def test_unexpected_error_is_recorded(

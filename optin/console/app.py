@@ -16,15 +16,23 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 import ipywidgets as widgets
 
 from optin.api import Manager
+from optin.callback import parse_callback
 from optin.console import render
-from optin.console.layout import button, heading, html_box
-from optin.errors import CompanyNotFound, InvalidTransition, OptinError
-from optin.lifecycle import State, allowed_triggers, mermaid_diagram
+from optin.console.layout import button, heading, html_box, scroll_box
+from optin.errors import (
+    CompanyNotFound,
+    ConcurrentUpdate,
+    InvalidTransition,
+    MalformedCallback,
+    OptinError,
+)
+from optin.lifecycle import State, allowed_triggers, mermaid_diagram, next_state
 from optin.models import AuthorizationLink, Company
 
 logger = logging.getLogger(__name__)
@@ -42,6 +50,24 @@ NO_SELECTION: Final = (
 # A handler returns True when the Manager changed something, which starts the
 # repeat window of that action for that company.
 Work = Callable[[str], bool]
+
+
+@dataclass(frozen=True)
+class Question:
+    """An open confirmation dialog: its company and that company's version then.
+
+    A dialog applies to the company as it was when the dialog opened, so any
+    later change of the company (by this console or another process) closes it.
+    """
+
+    company_id: str
+    version: int
+
+    def is_for(self, company: Company) -> bool:
+        return self.company_id == company.id and self.version == company.version
+
+    def is_outdated_by(self, company: Company) -> bool:
+        return self.company_id == company.id and self.version != company.version
 
 
 class Console:
@@ -71,9 +97,9 @@ class Console:
 
         # company id -> (link, company version right after the link was made)
         self._links: dict[str, tuple[AuthorizationLink, int]] = {}
-        self._dialog_for: str | None = None
+        self._oauth_question: Question | None = None
         self._opt_out_offered_for: str | None = None
-        self._opt_out_confirming: str | None = None
+        self._opt_out_question: Question | None = None
         self._busy: set[tuple[str, str]] = set()
         self._changed_at: dict[tuple[str, str], float] = {}
         self._syncing_list = False
@@ -103,9 +129,17 @@ class Console:
             value=ALL_STATES,
         ).add_class("optin-state-filter")
         self.company_select = widgets.Select(
-            description="Company", options=[], rows=8
+            description="Company",
+            options=[],
+            rows=8,
+            layout=widgets.Layout(width="70%"),
         ).add_class("optin-company-select")
         self.company_table = html_box("optin-company-table")
+        # The table can list MAX_ROWS companies, so it scrolls in a box of its
+        # own below the panel instead of pushing the panel off the screen.
+        self.company_table_box = scroll_box(
+            self.company_table, "optin-company-table-box", max_height="320px"
+        )
 
     def _build_actions(self) -> None:
         self.badge_html = html_box("optin-badge-area")
@@ -185,14 +219,17 @@ class Console:
         self.panel = widgets.VBox().add_class("optin-panel")
 
     def _layout(self) -> Any:
+        # The message area and the panel come right after the list, so that
+        # picking a company or clicking a button shows its result on screen.
         return widgets.VBox(
             [
                 heading("UPS opt-in console", level=2),
                 widgets.HBox([self.search, self.state_filter]),
                 self.company_select,
-                self.company_table,
                 self.output,
                 self.panel,
+                heading("Companies"),
+                self.company_table_box,
                 heading("Lifecycle"),
                 self.counts_html,
                 self.diagram,
@@ -254,11 +291,17 @@ class Console:
         self._render_diagram()
 
     def select(self, company_id: str) -> None:
-        """Show the panel of ``company_id``, as picking it in the list does."""
+        """Show the panel of ``company_id``, as picking it in the list does.
+
+        Open dialogs close, and a reason typed for another company is cleared,
+        so that it cannot end up in this company's history.
+        """
+        if company_id != self.selected_id:
+            self.reason_box.value = ""
         self.selected_id = company_id
-        self._dialog_for = None
+        self._oauth_question = None
         self._opt_out_offered_for = None
-        self._opt_out_confirming = None
+        self._opt_out_question = None
         self._sync_selection()
         self._render_panel()
 
@@ -285,9 +328,15 @@ class Console:
 
     def _render_list(self) -> None:
         state = self.state_filter.value
+        search = self.search.value.strip()
         companies = self.manager.list_companies(
-            None if state == ALL_STATES else state, self.search.value.strip() or None
+            None if state == ALL_STATES else state, search or None
         )
+        if "%" in search or "_" in search:
+            # NOTE: Store.list_companies passes the search to SQL LIKE without
+            # escaping, so % and _ act as wildcards there. Keeping only literal
+            # matches here makes "100%" find names that contain "100%".
+            companies = [c for c in companies if _matches(c, search)]
         listed = companies[:MAX_ROWS]
         self.company_table.value = render.company_table(listed, len(companies))
         self._syncing_list = True
@@ -321,6 +370,7 @@ class Console:
             return
 
         allowed = allowed_triggers(company.state)
+        self._close_stale_questions(company)
         self.summary_html.value = render.company_summary(company)
         self.badge_html.value = render.badge(company.state)
         history = self.manager.get_history(company.id, newest_first=True)
@@ -353,9 +403,16 @@ class Console:
     def _offers_opt_out(self) -> bool:
         return self._opt_out_offered_for == self.selected_id
 
+    def _close_stale_questions(self, company: Company) -> None:
+        """Close the company's dialogs that opened before its last change."""
+        if self._oauth_question and self._oauth_question.is_outdated_by(company):
+            self._oauth_question = None
+        if self._opt_out_question and self._opt_out_question.is_outdated_by(company):
+            self._opt_out_question = None
+
     def _opt_in_rows(self, company: Company, allowed: tuple[str, ...]) -> list[Any]:
         rows = []
-        if self._dialog_for == company.id:
+        if self._oauth_question and self._oauth_question.is_for(company):
             self.dialog_text.value = render.oauth_question(
                 _label(company), "authorize" in allowed
             )
@@ -365,6 +422,10 @@ class Console:
             self.link_html.value = self._link_html(company)
             self.callback_note.value = render.callback_note(self.receiver_url)
             rows += [self.link_html, self.callback_note, self.callback_row]
+        else:
+            # A hidden widget still sends its value to the page, and the link's
+            # URL carries the state of a link that is closed by now.
+            self.link_html.value = ""
         return rows
 
     def _link_html(self, company: Company) -> str:
@@ -376,10 +437,12 @@ class Console:
         return render.sign_in_link(link, company)
 
     def _opt_out_rows(self, company: Company) -> list[Any]:
-        if self._opt_out_confirming != company.id:
+        if not (self._opt_out_question and self._opt_out_question.is_for(company)):
             return []
         self.opt_out_text.value = render.opt_out_question(
-            _label(company), company.access_expires_at
+            _label(company),
+            company.access_expires_at or self._last_access_expiry(company.id),
+            self.manager.store.now(),
         )
         return [self.opt_out_dialog]
 
@@ -401,14 +464,19 @@ class Console:
 
     # -- handler plumbing -------------------------------------------------------
 
-    def _run(self, action: str, work: Work) -> None:
-        """Run ``work`` on the selected company, once at a time, and report it."""
+    def _run(self, action: str, work: Work, *, debounce: bool = True) -> None:
+        """Run ``work`` on the selected company, once at a time, and report it.
+
+        With ``debounce``, a repeat within ``repeat_window`` after a change is
+        ignored. Actions whose dialog closes on the first click pass False, so
+        that a click in a newly opened dialog is never ignored as a double click.
+        """
         company_id = self.selected_id
         if company_id is None:
             self.show_message(f"{action}: select a company in the list first.", "error")
             return
         key = (company_id, action)
-        if key in self._busy or self._repeated(key):
+        if key in self._busy or (debounce and self._repeated(key)):
             logger.debug("ignored a repeated %s of company %s", action, company_id)
             return
 
@@ -417,6 +485,8 @@ class Console:
         try:
             if work(company_id):
                 self._changed_at[key] = time.monotonic()
+                # A reason describes one change; the next one needs its own.
+                self.reason_box.value = ""
         except OptinError as exc:
             logger.warning(
                 "console %s of company %s failed: %s", action, company_id, exc
@@ -452,9 +522,25 @@ class Console:
 
     def _failure(self, action: str, company_id: str, exc: OptinError) -> str:
         text = f"{action} failed for {self._label_of(company_id)}: {exc}."
-        if isinstance(exc, InvalidTransition):
+        if isinstance(exc, InvalidTransition | ConcurrentUpdate):
+            # Usually another process (CLI, receiver, sweep) changed the company
+            # after its panel was drawn, and its newest history row shows which.
+            text += f" {self._last_change(company_id)}"
             text += " The panel now shows the actions its current state allows."
         return text
+
+    def _last_change(self, company_id: str) -> str:
+        try:
+            history = self.manager.get_history(company_id, newest_first=True)
+        except OptinError:
+            return ""
+        if not history:
+            return ""
+        entry = history[0]
+        return (
+            f"Its last change was {entry.trigger} by {entry.actor} at "
+            f"{render.when(entry.at)}."
+        )
 
     def _record(self, action: str, company_id: str | None, exc: Exception) -> None:
         self.errors.append((action, exc))
@@ -511,49 +597,76 @@ class Console:
         self._run("OAuth", self._open_dialog)
 
     def _open_dialog(self, company_id: str) -> bool:
-        self._dialog_for = company_id
+        self._oauth_question = self._question(company_id, "request_authorization")
         return False
+
+    def _question(self, company_id: str, trigger: str) -> Question:
+        """Open a question on ``trigger``; raise if the company's state forbids it.
+
+        A panel drawn before another process changed the company may show a
+        button that the company's state no longer allows.
+        """
+        company = self.manager.get_company(company_id)
+        next_state(company_id, trigger, company.state)
+        return Question(company.id, company.version)
 
     def _on_cancel_dialog(self, _button: Any = None) -> None:
         self._run("Cancel", self._close_dialog)
 
     def _close_dialog(self, company_id: str) -> bool:
-        if self._dialog_for == company_id:
-            self._dialog_for = None
+        if self._oauth_question and self._oauth_question.company_id == company_id:
+            self._oauth_question = None
             self.show_message(
                 f"Opt-in of {self._label_of(company_id)} not started; nothing changed."
             )
         return False
 
     def _on_continue(self, _button: Any = None) -> None:
-        self._run("Continue", self._begin_opt_in)
+        self._run("Continue", self._begin_opt_in, debounce=False)
 
     def _begin_opt_in(self, company_id: str) -> bool:
-        if self._dialog_for != company_id:
+        question = self._oauth_question
+        if question is None or question.company_id != company_id:
             # The dialog is closed already: this is a double click's second click.
             return False
-        self._dialog_for = None
+        before = self.manager.get_company(company_id)
+        if not question.is_for(before):
+            self._oauth_question = None
+            stale = self._stale_question("Continue", "OAuth", before)
+            self.show_message(stale, "error")
+            return False
         link = self.manager.begin_opt_in(
             company_id, actor=self.actor, reason=self._reason()
         )
+        # Closed only now, so that after a failure Continue can be clicked again.
+        self._oauth_question = None
         company = self.manager.get_company(company_id)
         self._links[company_id] = (link, company.version)
-        self.show_message(
+        text = (
             f"Sign-in link created for {_label(company)}; it expires at "
             f"{render.when_instant(link.expires_at)}. Open it below or send it to "
             f"the admin ({company.admin_email or 'no email on file'}). "
-            + render.after_sign_in(self.receiver_url),
-            "success",
         )
+        if before.state == State.PENDING:
+            text += "The earlier sign-in link no longer works. "
+        self.show_message(text + render.after_sign_in(self.receiver_url), "success")
         return True
 
-    def _on_complete(self, _button: Any = None) -> None:
-        self._run("Complete", self._complete_opt_in)
+    def _stale_question(self, action: str, opened_by: str, company: Company) -> str:
+        return (
+            f"{action} did nothing for {_label(company)}: the company changed after "
+            f"you clicked {opened_by}, so that question was closed. "
+            f"{self._last_change(company.id)} It is {company.state.value} now; the "
+            "panel shows the actions that state allows."
+        )
 
-    def _complete_opt_in(self, company_id: str) -> bool:
+    def _on_complete(self, _button: Any = None) -> None:
         url = self.callback_box.value.strip()
         # The URL contains a single-use code, which the widget state must not keep.
         self.callback_box.value = ""
+        self._run("Complete", lambda company_id: self._complete_opt_in(company_id, url))
+
+    def _complete_opt_in(self, company_id: str, url: str) -> bool:
         if not url:
             self.show_message(
                 f"Paste the address the browser landed on after UPS for "
@@ -562,13 +675,43 @@ class Console:
                 "error",
             )
             return False
+        owner = self._callback_company(url)
+        if owner is not None and owner != company_id:
+            return self._complete_for_other(company_id, owner, url)
         result = self.manager.complete_opt_in(
             url, actor=self.actor, reason=self._reason()
         )
-        # The callback names its company, which may not be the selected one.
-        self.selected_id = result.company_id
         kind = "info" if result.outcome == "cancelled" else "success"
         self.show_message(f"{_label(result.company)}: {result.message}.", kind)
+        return True
+
+    def _callback_company(self, url: str) -> str | None:
+        """Return the company id of the link that the callback's state names, if any."""
+        try:
+            state = parse_callback(url).state
+        except MalformedCallback:
+            # complete_opt_in raises it again, with the message to show.
+            return None
+        pending = self.manager.store.get_pending(state)
+        return None if pending is None else pending.company_id
+
+    def _complete_for_other(self, selected_id: str, owner_id: str, url: str) -> bool:
+        """Switch the panel to the callback's company, then complete its opt-in."""
+        note = (
+            f"The pasted callback belongs to {self._label_of(owner_id)}, not to the "
+            f"selected {self._label_of(selected_id)}, so the panel now shows "
+            f"{owner_id}. "
+        )
+        reason = self._reason()
+        self.select(owner_id)
+        try:
+            result = self.manager.complete_opt_in(url, actor=self.actor, reason=reason)
+        except OptinError as exc:
+            logger.warning("console Complete of company %s failed: %s", owner_id, exc)
+            self.show_message(note + self._failure("Complete", owner_id, exc), "error")
+            return False
+        kind = "info" if result.outcome == "cancelled" else "success"
+        self.show_message(f"{note}{_label(result.company)}: {result.message}.", kind)
         return True
 
     def _on_status(self, _button: Any = None) -> None:
@@ -587,7 +730,7 @@ class Console:
         company = self.manager.cancel_opt_in(
             company_id, actor=self.actor, reason=self._reason()
         )
-        self._dialog_for = None
+        self._oauth_question = None
         self.show_message(
             f"Cancelled the opt-in of {_label(company)}: it is "
             f"{company.state.value} again, and its sign-in link no longer works.",
@@ -637,14 +780,14 @@ class Console:
     def _toggle_opt_out_offer(self, company_id: str) -> bool:
         offered = self._opt_out_offered_for == company_id
         self._opt_out_offered_for = None if offered else company_id
-        self._opt_out_confirming = None
+        self._opt_out_question = None
         return False
 
     def _on_opt_out(self, _button: Any = None) -> None:
         self._run("Opt-Out", self._ask_opt_out)
 
     def _ask_opt_out(self, company_id: str) -> bool:
-        self._opt_out_confirming = company_id
+        self._opt_out_question = self._question(company_id, "opt_out")
         self.show_message(
             f"Opt-Out of {self._label_of(company_id)} needs confirmation: click "
             "Confirm opt-out, or Cancel to keep the company as it is."
@@ -656,41 +799,70 @@ class Console:
 
     def _cancel_opt_out(self, company_id: str) -> bool:
         self._opt_out_offered_for = None
-        self._opt_out_confirming = None
+        self._opt_out_question = None
         self.show_message(
             f"Opt-Out of {self._label_of(company_id)} cancelled; nothing changed."
         )
         return False
 
     def _on_confirm_opt_out(self, _button: Any = None) -> None:
-        self._run("Confirm opt-out", self._opt_out)
+        self._run("Confirm opt-out", self._opt_out, debounce=False)
 
     def _opt_out(self, company_id: str) -> bool:
-        if self._opt_out_confirming != company_id:
+        question = self._opt_out_question
+        if question is None or question.company_id != company_id:
             # Opt-Out was not clicked first, or this is the second click of a double
             # click.
             return False
-        self._opt_out_offered_for = None
-        self._opt_out_confirming = None
+        before = self.manager.get_company(company_id)
+        if not question.is_for(before):
+            self._opt_out_question = None
+            self.show_message(
+                self._stale_question("Confirm opt-out", "Opt-Out", before), "error"
+            )
+            return False
         company = self.manager.opt_out(
             company_id, actor=self.actor, reason=self._reason(), confirm=True
         )
+        # Closed only now, so that after a failure Confirm can be clicked again.
+        self._opt_out_offered_for = None
+        self._opt_out_question = None
         self.show_message(
             f"Opted out {_label(company)}: the authorization was removed and its "
             "tokens were deleted. "
-            + render.no_revoke_note(self._access_valid_until(company_id)),
+            + render.no_revoke_note(
+                self._last_access_expiry(company_id), self.manager.store.now()
+            ),
             "success",
         )
         return True
 
-    def _access_valid_until(self, company_id: str) -> str | None:
-        """Read, from the opt-out's history row, when the last access token expires."""
+    def _last_access_expiry(self, company_id: str) -> str | None:
+        """Read when the last access token issued for the company expires.
+
+        The opt-out row records it, and so do the rows of the authorize and
+        refresh that issued it. A company that opts out without stored tokens
+        may still have a live access token from before its last opt-out or
+        password change, because UPS cannot revoke one.
+        """
         for entry in self.manager.get_history(company_id, newest_first=True):
             if entry.trigger == "opt_out":
                 until = entry.details.get("access_token_valid_at_ups_until")
-                return str(until) if until else None
+            elif entry.trigger in ("authorize", "refresh"):
+                until = entry.details.get("access_expires_at")
+            else:
+                continue
+            if until:
+                return str(until)
         return None
 
 
 def _label(company: Company) -> str:
     return f"{company.name} ({company.id})"
+
+
+def _matches(company: Company, search: str) -> bool:
+    """Return whether ``search`` occurs, ignoring case, in the id, name or email."""
+    needle = search.casefold()
+    fields = (company.id, company.name, company.admin_email or "")
+    return any(needle in field.casefold() for field in fields)

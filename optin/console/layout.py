@@ -27,3 +27,9 @@ def html_box(css_class: str, value: str = "") -> Any:
 def heading(text: str, level: int = 3) -> Any:
     """Make an HTML widget holding one heading."""
     return html_box("optin-heading", f"<h{level}>{escape(text)}</h{level}>")
+
+
+def scroll_box(child: Any, css_class: str, max_height: str) -> Any:
+    """Wrap ``child`` in a box that scrolls once it grows beyond ``max_height``."""
+    layout = widgets.Layout(max_height=max_height, overflow="auto")
+    return widgets.Box([child], layout=layout).add_class(css_class)

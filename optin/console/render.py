@@ -16,6 +16,7 @@ from typing import Final
 
 from optin.lifecycle import State
 from optin.models import AuthorizationLink, Company, HistoryEntry
+from optin.store import utc_text
 
 # Background colour of each state's badge, under white text.
 STATE_COLOURS: Final = {
@@ -98,11 +99,12 @@ def company_table(companies: Sequence[Company], total: int) -> str:
     ]
     table = _table("optin-companies", header, rows)
     if total > len(companies):
+        # Above the table, which scrolls in its box, so that the note stays visible.
         note = (
             f"Showing {len(companies)} of {total} companies; narrow the search "
             "to see the others."
         )
-        table += f'<p class="optin-list-note">{escape(note)}</p>'
+        table = f'<p class="optin-list-note">{escape(note)}</p>' + table
     return table
 
 
@@ -222,22 +224,33 @@ def oauth_question(company_label: str, replaces_link: bool) -> str:
     return f'<div class="optin-dialog-text">{escape(text)}</div>'
 
 
-def opt_out_question(company_label: str, access_expires_at: str | None) -> str:
+def opt_out_question(
+    company_label: str, access_expires_at: str | None, now: datetime
+) -> str:
     """Render the question that asks to confirm an opt-out."""
     text = (
         f"Opt out {company_label}? This removes the authorization and deletes "
         "every token stored for the company, which must opt in again to be used. "
-        + no_revoke_note(access_expires_at)
+        + no_revoke_note(access_expires_at, now)
     )
     return f'<div class="optin-opt-out-text">{escape(text)}</div>'
 
 
-def no_revoke_note(access_expires_at: str | None) -> str:
-    """Say how long the last access token stays valid at UPS after an opt-out."""
+def no_revoke_note(access_expires_at: str | None, now: datetime) -> str:
+    """Say how long the last access token issued stays valid at UPS.
+
+    ``access_expires_at`` is that token's expiry as stored (ISO 8601 UTC), or
+    None when no access token was ever issued for the company.
+    """
     if access_expires_at is None:
         return (
-            "UPS has no revoke endpoint, but no access token was stored for this "
-            "company, so none is left to expire."
+            "UPS has no revoke endpoint, but no access token was ever issued for "
+            "this company, so none stays valid."
+        )
+    if access_expires_at <= utc_text(now):
+        return (
+            "UPS has no revoke endpoint; the last access token issued for this "
+            f"company already expired at {when(access_expires_at)}."
         )
     return (
         "UPS has no revoke endpoint, so the last access token stays valid at UPS "
