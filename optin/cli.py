@@ -112,8 +112,9 @@ def cli(
     (start it with `optin sandbox`). Set OPTIN_ENV=cie or production and the
     app credentials to reach UPS.
     """
-    levels = {0: logging.WARNING, 1: logging.INFO}
-    logging.getLogger("optin").setLevel(levels.get(verbose, logging.DEBUG))
+    if verbose:
+        level = logging.INFO if verbose == 1 else logging.DEBUG
+        logging.getLogger("optin").setLevel(level)
     ctx.obj = Context(db, as_json, actor)
 
 

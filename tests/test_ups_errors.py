@@ -604,6 +604,7 @@ def test_secrets_never_leak(
     browser's address bar would.
     """
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="optin")
     client_secret = manager.settings.client_secret.reveal()
     basic = f"{manager.settings.client_id}:{client_secret}".encode()
     wrong_secret = "wrong-secret-7f3a9c"
