@@ -311,6 +311,15 @@ class Manager:
         logger.info("company %s: cancel -> %s", company_id, target)
         return self.get_company(company_id)
 
+    def company_for_callback(self, callback_url: str) -> str | None:
+        """Return the id of the company whose link a callback URL answers.
+
+        None when no link has the URL's state. Raises MalformedCallback for a
+        URL without a state. Nothing changes and UPS is not called.
+        """
+        state = parse_callback(callback_url).state
+        return self.store.company_of_state(state)
+
     def complete_opt_in(
         self, callback_url: str, *, actor: str, reason: str | None = None
     ) -> CallbackResult:
@@ -325,7 +334,8 @@ class Manager:
         if pending is None:
             raise errors.UnknownState(
                 "no authorization link has this callback's state: it is forged, "
-                "mistyped or from another database. Begin a new opt-in"
+                "mistyped or from another database. Paste the whole address again; "
+                "if it still fails, begin a new opt-in"
             )
         early = self._check_link(pending, params, actor)
         if early is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -416,8 +417,13 @@ class Store:
             clauses.append("c.state = ?")
             params.append(state)
         if search:
-            clauses.append("(c.id LIKE ? OR c.name LIKE ? OR c.admin_email LIKE ?)")
-            params.extend([f"%{search}%"] * 3)
+            # Escape LIKE's wildcards so that "100%" matches literally.
+            pattern = re.sub(r"([\\%_])", r"\\\1", search)
+            clauses.append(
+                "(c.id LIKE ? ESCAPE '\\' OR c.name LIKE ? ESCAPE '\\' "
+                "OR c.admin_email LIKE ? ESCAPE '\\')"
+            )
+            params.extend([f"%{pattern}%"] * 3)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._lock:
             rows = self.conn.execute(_COMPANY_SELECT + where + " ORDER BY c.id", params)
@@ -585,6 +591,14 @@ class Store:
             (status, closed, claimed, code_hash, state_hash, expected),
         )
         return cursor.rowcount == 1
+
+    def company_of_state(self, state: str) -> str | None:
+        """Return the company of the link with this state, without decrypting."""
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT company_id FROM pending WHERE state_hash = ?", (digest(state),)
+            ).fetchone()
+        return None if row is None else str(row["company_id"])
 
     def get_pending(self, state: str) -> PendingRecord | None:
         with self._lock:

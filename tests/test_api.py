@@ -320,3 +320,21 @@ def test_add_company_needs_name(manager: Manager) -> None:
 def test_list_unknown_state(manager: Manager) -> None:
     with pytest.raises(UsageError, match="invalid state='bogus'; use one of"):
         manager.list_companies("bogus")
+
+
+def test_search_wildcards_literal(manager: Manager) -> None:
+    manager.add_company("P-1", "100% Cotton", actor="ana")
+    manager.add_company("P-2", "1000 Shirts", actor="ana")
+    manager.add_company("U-1", "snake_case Ltd", actor="ana")
+    manager.add_company("U-2", "snakeXcase Ltd", actor="ana")
+    assert [c.id for c in manager.list_companies(search="100%")] == ["P-1"]
+    assert [c.id for c in manager.list_companies(search="e_c")] == ["U-1"]
+
+
+def test_company_for_callback(manager: Manager) -> None:
+    manager.add_company("A-1", "Alpha", actor="ana")
+    link = manager.begin_opt_in("A-1", actor="ana")
+    state = link.url.split("state=")[1].split("&")[0]
+    callback = f"http://127.0.0.1:8766/callback?code=x&state={state}"
+    assert manager.company_for_callback(callback) == "A-1"
+    assert manager.company_for_callback(callback.replace(state, "forged")) is None

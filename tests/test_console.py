@@ -453,7 +453,7 @@ def test_complete_with_unknown_state(console: Console, manager: Manager) -> None
     console.complete_button.click()
     text = message(console)
     assert "Complete failed for Acme Corp (ACME-01)" in text
-    assert "Begin a new opt-in" in text
+    assert "begin a new opt-in" in text
     assert console.callback_box.value == ""
 
 

@@ -87,7 +87,7 @@ def test_callback_page_unknown_state(receiver: Receiver) -> None:
     assert "Opt-in not completed" in page.text
     text = html.unescape(page.text)
     assert "no authorization link has this callback's state" in text
-    assert "Begin a new opt-in" in text
+    assert "begin a new opt-in" in text
     assert receiver.manager.get_company(COMPANY).state is State.UNAUTHORIZED
 
 

@@ -22,7 +22,6 @@ from typing import Any, Final
 import ipywidgets as widgets
 
 from optin.api import Manager
-from optin.callback import parse_callback
 from optin.console import render
 from optin.console.layout import button, heading, html_box, scroll_box
 from optin.errors import (
@@ -332,11 +331,6 @@ class Console:
         companies = self.manager.list_companies(
             None if state == ALL_STATES else state, search or None
         )
-        if "%" in search or "_" in search:
-            # NOTE: Store.list_companies passes the search to SQL LIKE without
-            # escaping, so % and _ act as wildcards there. Keeping only literal
-            # matches here makes "100%" find names that contain "100%".
-            companies = [c for c in companies if _matches(c, search)]
         listed = companies[:MAX_ROWS]
         self.company_table.value = render.company_table(listed, len(companies))
         self._syncing_list = True
@@ -688,12 +682,10 @@ class Console:
     def _callback_company(self, url: str) -> str | None:
         """Return the company id of the link that the callback's state names, if any."""
         try:
-            state = parse_callback(url).state
+            return self.manager.company_for_callback(url)
         except MalformedCallback:
             # complete_opt_in raises it again, with the message to show.
             return None
-        pending = self.manager.store.get_pending(state)
-        return None if pending is None else pending.company_id
 
     def _complete_for_other(self, selected_id: str, owner_id: str, url: str) -> bool:
         """Switch the panel to the callback's company, then complete its opt-in."""
@@ -859,10 +851,3 @@ class Console:
 
 def _label(company: Company) -> str:
     return f"{company.name} ({company.id})"
-
-
-def _matches(company: Company, search: str) -> bool:
-    """Return whether ``search`` occurs, ignoring case, in the id, name or email."""
-    needle = search.casefold()
-    fields = (company.id, company.name, company.admin_email or "")
-    return any(needle in field.casefold() for field in fields)
