@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from transitions import Machine
 
-from optin.errors import InvalidTransition
+from optin.errors import InvalidTransition, StoreError
 
 
 class State(StrEnum):
@@ -177,9 +177,10 @@ def next_state(
         return State(destinations[0])
     if origin is not None and str(origin) in destinations:
         return State(str(origin))
-    raise ValueError(
+    raise StoreError(
         f"{trigger} from {state!s} needs the origin state of company_id="
-        f"{company_id!r}, one of {', '.join(destinations)}; got {origin!r}"
+        f"{company_id!r}, one of {', '.join(destinations)}, but the stored link "
+        f"names {origin!r}; opt the company out or begin a new opt-in"
     )
 
 
