@@ -5,8 +5,8 @@ console's enabled buttons, the README's diagram and the property tests. No
 I/O happens here.
 
 One :class:`transitions.Machine` is built at import time and shared by all
-companies. A company is never attached to it: the API asks the machine's
-event table which transitions exist (see :func:`next_state`), and the store
+companies. A company is never attached to it: the API looks up the machine's
+event table for the transitions that exist (see :func:`next_state`), and the store
 applies the result as a compare-and-set on (state, version), so the database
 commit decides every transition.
 """

@@ -1,9 +1,9 @@
 """Refreshing tokens: one company under a lease, or a sweep over many.
 
-UPS rotates refresh tokens, so each refresh holds a per-company lease in the
-database (two workers sending the same token would kill it), commits the new
-pair with retries, and invalidates a company only when UPS rejects exactly the
-token that is still stored.
+UPS rotates refresh tokens, so each refresh takes a per-company lease in the
+database, because two workers sending the same token would kill it. The new
+pair is committed with retries, and a company is invalidated only when UPS
+rejects exactly the token that is still stored.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 # How long a worker may hold a company's refresh lease, beyond the HTTP timeout.
 LEASE_MARGIN = timedelta(seconds=30)
-# Longest wait, in seconds, between retries of a rate-limited refresh.
+# Maximum wait, in seconds, between retries of a rate-limited refresh.
 MAX_BACKOFF = 60.0
 # Commits of a refreshed pair attempted before giving up on a locked database.
 STORE_ATTEMPTS = 3

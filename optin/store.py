@@ -1,6 +1,6 @@
 """The SQLite store: the only module that writes SQL.
 
-One file holds companies, grants (encrypted tokens), pending authorizations
+One file contains companies, grants (encrypted tokens), pending authorizations
 (hashed ``state``, encrypted PKCE verifier) and an append-only history.
 Every transition runs in one ``BEGIN IMMEDIATE`` transaction that
 compare-and-sets the company's (state, version), so two processes can never
@@ -521,8 +521,8 @@ class Store:
     def claim_refresh(self, company_id: str, owner: str, until: datetime) -> bool:
         """Take the company's refresh lease unless another live lease holds it.
 
-        The lease keeps two workers from sending the same refresh token, which
-        UPS would answer by killing one of them with "Invalid Refresh Token".
+        The lease keeps two workers from sending the same refresh token, to which
+        UPS would respond by killing one of them with "Invalid Refresh Token".
         """
         now = utc_text(self.now())
         with self.immediate():
