@@ -243,17 +243,7 @@ class Refresher:
         backoff: float = 2.0,
         progress: Callable[[int, int], None] | None = None,
     ) -> SweepReport:
-        """Refresh the companies, as ``Manager.refresh_all`` describes.
-
-        ``workers`` threads send refreshes in parallel over this Manager's
-        HTTP client; the database writes stay serialized. A 429 is retried
-        up to ``rate_limit_retries`` times after ``backoff`` seconds, doubling
-        each time (at most MAX_BACKOFF). The sweep stops
-        early, leaving the rest untouched (listed as skipped), when UPS
-        rejects the client, after ``max_transient_in_a_row`` transient errors
-        in a row, or once ``max_invalidations`` grants died (default: 10, or
-        a fifth of the companies when that is more). See SweepTracker.
-        """
+        """Refresh the companies, as ``Manager.refresh_all`` describes."""
         limit = max_invalidations
         if limit is None:
             limit = max(10, len(company_ids) // 5)
