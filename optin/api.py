@@ -107,9 +107,11 @@ class Manager:
             )
 
     @classmethod
-    def open(cls, db_path: Path | str | None = None, **settings: Any) -> Manager:
+    def open(
+        cls, db_path: Path | str | None = None, create: bool = True, **settings: Any
+    ) -> Manager:
         """Open a database with settings from the environment and config file."""
-        return cls(Settings.load(db_path=db_path, **settings))
+        return cls(Settings.load(db_path=db_path, **settings), create=create)
 
     def close(self) -> None:
         self.store.close()
@@ -166,8 +168,11 @@ class Manager:
         reason: str | None = None,
     ) -> Company:
         _check_company_id(company_id)
-        if not isinstance(name, str) or not name.strip():
-            raise errors.UsageError(f"company_id={company_id!r} needs a non-empty name")
+        if not isinstance(name, str) or not name.strip() or _has_control(name):
+            raise errors.UsageError(
+                f"company_id={company_id!r} needs a non-empty name of printable "
+                "characters"
+            )
         row = {"id": company_id, "name": name, "admin_email": admin_email or ""}
         self.store.add_companies([row], actor, reason)
         logger.info("added company %s", company_id)
@@ -705,11 +710,21 @@ def _parse_state(state: State | str) -> str:
 
 
 def _check_company_id(company_id: str) -> None:
-    if not company_id or company_id != company_id.strip() or len(company_id) > 200:
+    if (
+        not company_id
+        or company_id != company_id.strip()
+        or len(company_id) > 200
+        or _has_control(company_id)
+    ):
         raise errors.UsageError(
-            f"invalid company_id={company_id!r}: use 1 to 200 characters without "
-            "leading or trailing spaces"
+            f"invalid company_id={company_id!r}: use 1 to 200 printable characters "
+            "without leading or trailing spaces"
         )
+
+
+def _has_control(text: str) -> bool:
+    # Newlines or escape sequences would forge rows in tables and terminals.
+    return any(ord(char) < 32 or ord(char) == 127 for char in text)
 
 
 def _read_rows(source: Iterable[dict[str, str]] | Path | str) -> list[dict[str, str]]:
@@ -722,6 +737,11 @@ def _read_rows(source: Iterable[dict[str, str]] | Path | str) -> list[dict[str, 
                 "the columns id, name and admin_email"
             )
         _check_company_id(row["id"])
+        if not row["name"].strip() or _has_control(row["name"]):
+            raise errors.UsageError(
+                f"company row {number} has an invalid name {row['name']!r}; use "
+                "printable characters"
+            )
         if row["id"] in seen:
             raise errors.UsageError(
                 f"company row {number} repeats id {row['id']!r} of row "

@@ -215,15 +215,21 @@ def begin_all(
 
     Without --links-csv the links are printed, so that none is lost.
     """
-    if links_csv is not None and not links_csv.parent.is_dir():
+    if links_csv is not None:
         # Checked first: the links only exist once the companies moved.
-        raise click.BadParameter(
-            f"folder {links_csv.parent} does not exist", param_hint="--links-csv"
-        )
+        check_writable(links_csv)
     with obj.manager() as manager:
         links, failed = manager.begin_opt_in_all(state, actor=obj.actor, reason=reason)
         if links_csv is not None:
-            manager.export_links(links, links_csv)
+            try:
+                manager.export_links(links, links_csv)
+            except OSError as exc:
+                # The companies already moved: print the links rather than lose them.
+                click.echo(_begin_all_text(links, failed, None))
+                raise click.ClickException(
+                    f"cannot write {links_csv}: {exc.strerror}; the links above "
+                    "are the only copy"
+                ) from None
     data = {
         "started": [
             {
@@ -239,6 +245,21 @@ def begin_all(
     obj.emit(data, lambda: _begin_all_text(links, failed, links_csv))
     if failed:
         sys.exit(1)
+
+
+def check_writable(path: Path) -> None:
+    """Raise BadParameter unless ``path`` can be created or written."""
+    if not path.parent.is_dir():
+        raise click.BadParameter(
+            f"folder {path.parent} does not exist", param_hint="--links-csv"
+        )
+    try:
+        with path.open("a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot write {path}: {exc.strerror}", param_hint="--links-csv"
+        ) from None
 
 
 def _begin_all_text(
@@ -574,7 +595,7 @@ def receiver(obj: Context, host: str, port: int | None, allow_remote: bool) -> N
     check_loopback(host, allow_remote)
     settings = Settings.load(db_path=obj.db)
     port = port or urlsplit(settings.redirect_uri).port or 8766
-    manager = Manager(settings)
+    manager = Manager(settings, create=False)
     click.echo(f"callback receiver on http://{host}:{port} for {settings.redirect_uri}")
     uvicorn.run(
         create_receiver(manager),

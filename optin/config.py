@@ -36,6 +36,8 @@ DEFAULT_CONFIG: Final = Path("~/.config/optin/config.toml")
 # Seconds. A longer HTTP timeout would also hold each refresh lease longer.
 MAX_TIMEOUT: Final = 120.0
 
+# A year: a longer-lived link would outlast any reason to keep its verifier.
+MAX_LINK_LIFETIME: Final = 365 * 24 * 3600.0
 _ENV_VARS: Final = {
     "environment": "OPTIN_ENV",
     "base_url": "OPTIN_BASE_URL",
@@ -102,7 +104,9 @@ class Settings:
             timeout=_seconds(values, "timeout", base.timeout, MAX_TIMEOUT),
             db_path=Path(values.get("db_path", base.db_path)),
             key_file=Path(values["key_file"]) if values.get("key_file") else None,
-            link_lifetime=_seconds(values, "link_lifetime", base.link_lifetime),
+            link_lifetime=_seconds(
+                values, "link_lifetime", base.link_lifetime, MAX_LINK_LIFETIME
+            ),
         )
 
 
@@ -177,7 +181,14 @@ def _read_config_file(config_file: Path | str | None) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"invalid TOML in config file {path}: {exc}") from None
     section = data.get("optin", data)
-    return dict(section) if isinstance(section, dict) else {}
+    values = dict(section) if isinstance(section, dict) else {}
+    unknown = sorted(set(values) - set(_ENV_VARS))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown keys in config file {path}: {', '.join(unknown)}; the keys "
+            f"are {', '.join(_ENV_VARS)}"
+        )
+    return values
 
 
 def _require_credentials(environment: str, values: dict[str, Any]) -> None:

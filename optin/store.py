@@ -36,6 +36,7 @@ from optin.errors import (
     ConfigurationError,
     DatabaseBusy,
     StoreError,
+    UsageError,
 )
 from optin.secret import Secret
 
@@ -43,6 +44,15 @@ logger = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS: Final = 5000
 KEY_CHECK: Final = b"optin key check"
+
+
+def check_actor(actor: str) -> None:
+    """Reject an actor that the history could not name."""
+    if not isinstance(actor, str) or not actor.strip() or actor != actor.strip():
+        raise UsageError(
+            f"invalid actor={actor!r}: name who makes the change (--actor, "
+            "OPTIN_ACTOR or actor=), without leading or trailing spaces"
+        )
 
 
 def utc_text(moment: datetime) -> str:
@@ -187,12 +197,18 @@ class Store:
         self._fernet = fernet
         self.clock = clock or (lambda: datetime.now(UTC))
         self._lock = threading.RLock()
-        self.conn = sqlite3.connect(
-            str(self.path),
-            isolation_level=None,
-            check_same_thread=False,
-            timeout=BUSY_TIMEOUT_MS / 1000,
-        )
+        try:
+            self.conn = sqlite3.connect(
+                str(self.path),
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+            )
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"cannot open database {self.path}: {exc}. Check that the path "
+                "names a file, not a folder, in a writable folder"
+            ) from None
         self.conn.row_factory = sqlite3.Row
         try:
             self._prepare()
@@ -325,6 +341,7 @@ class Store:
         Call inside :meth:`immediate`. Raises ConcurrentUpdate when the
         company's (state, version) is no longer (``from_state``, ``version``).
         """
+        check_actor(actor)
         at = utc_text(self.now())
         cursor = self.conn.execute(
             "UPDATE companies SET state = ?, version = version + 1, updated_at = ? "
@@ -354,6 +371,7 @@ class Store:
         self, rows: Iterable[dict[str, str]], actor: str, reason: str | None
     ) -> int:
         """Insert new companies in state ``unauthorized``, each with a history row."""
+        check_actor(actor)
         at = utc_text(self.now())
         companies = [
             {

@@ -64,8 +64,8 @@ class SweepTracker:
                 self._stop(
                     f"{self._reserved} grants died in this sweep; stopped to avoid "
                     "mass invalidation. Check UPS status and the client "
-                    "credentials, then rerun with a higher max_invalidations if "
-                    "this is expected"
+                    "credentials, then rerun with a higher max_invalidations "
+                    "(CLI: --max-invalidations) if this is expected"
                 )
             return True
 

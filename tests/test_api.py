@@ -338,3 +338,33 @@ def test_company_for_callback(manager: Manager) -> None:
     callback = f"http://127.0.0.1:8766/callback?code=x&state={state}"
     assert manager.company_for_callback(callback) == "A-1"
     assert manager.company_for_callback(callback.replace(state, "forged")) is None
+
+
+@pytest.mark.parametrize("company_id", ["CO\n1", "C\x1b[31mRED", "A\x7f"])
+def test_control_characters_in_id(manager: Manager, company_id: str) -> None:
+    with pytest.raises(UsageError, match="printable characters"):
+        manager.add_company(company_id, "Name", actor="ana")
+
+
+def test_control_characters_in_name(manager: Manager) -> None:
+    with pytest.raises(UsageError, match="printable characters"):
+        manager.add_company("A-1", "Alpha\nB-2,Fake row", actor="ana")
+    with pytest.raises(UsageError, match="row 1 has an invalid name"):
+        manager.import_companies([{"id": "A-1", "name": "   "}], actor="ana")
+
+
+@pytest.mark.parametrize("actor", ["", "   ", " ana"])
+def test_blank_actor_rejected(manager: Manager, actor: str) -> None:
+    manager.add_company("A-1", "Alpha", actor="ana")
+    with pytest.raises(UsageError, match="invalid actor"):
+        manager.begin_opt_in("A-1", actor=actor)
+    assert manager.get_company("A-1").state is State.UNAUTHORIZED
+
+
+def test_folder_as_database(tmp_path: Path) -> None:
+    folder = tmp_path / "dir.db"
+    folder.mkdir()
+    (tmp_path / "dir.key").write_bytes(Fernet.generate_key())
+    (tmp_path / "dir.key").chmod(0o600)
+    with pytest.raises(StoreError, match="cannot open database"):
+        Manager(Settings.build({"db_path": folder}))

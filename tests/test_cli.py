@@ -266,3 +266,31 @@ def test_write_readme_without_markers(env: Settings, tmp_path: Path) -> None:
     code, output = cli_run(["diagram", "--write-readme", str(page)])
     assert code == 2
     assert "no lifecycle block" in output
+
+
+def test_begin_all_unwritable_file(
+    env: Settings, sandbox_http: httpx.Client, tmp_path: Path
+) -> None:
+    cli_run(["add", "A-1", "Alpha"])
+    with Manager(env) as manager:
+        authorize(manager, sandbox_http, "A-1")
+        manager.record_password_change("A-1", actor="ana")
+    # procfs files reject writes even from root, unlike a chmod 400 file.
+    target = Path("/proc/version")
+    code, output = cli_run(["begin-all", "--links-csv", str(target)])
+    assert code == 2
+    assert "cannot write" in output
+    with Manager(env) as manager:
+        assert manager.get_company("A-1").state.value == "invalidated"
+
+
+def test_config_file_unknown_key(
+    env: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[optin]\nenv = "production"\n', encoding="utf-8")
+    monkeypatch.setenv("OPTIN_CONFIG", str(config))
+    code, output = cli_run(["counts"])
+    assert code == 3
+    assert "unknown keys in config file" in output
+    assert "env" in output
