@@ -191,7 +191,19 @@ class Refresher:
 
         # UPS has already killed the previous refresh token, so losing this
         # pair would cost the company its grant.
-        commit_retrying(self.store, company.id, "refresh", commit)
+        try:
+            commit_retrying(self.store, company.id, "refresh", commit)
+        except errors.ConcurrentUpdate:
+            # Another process changed the company (an opt-out, say) meanwhile.
+            # The discarded access token stays valid at UPS until it expires.
+            logger.warning(
+                "company %s: changed during its refresh; the new tokens were "
+                "discarded, and the access token UPS just issued stays valid "
+                "until %s",
+                company.id,
+                utc_text(tokens.expires_at),
+            )
+            raise
 
     def _release_quietly(self, company_id: str, owner: str) -> None:
         try:

@@ -216,6 +216,7 @@ class UPSClient:
         kind: str,
     ) -> TokenSet:
         now = datetime.now(UTC)
+        logger.debug("sending UPS %s to %s%s", kind, self.settings.base_url, path)
         try:
             response = self._http.post(
                 path,
