@@ -54,11 +54,20 @@ def create_receiver(manager: Manager, actor: str = "callback-receiver") -> Any:
         return _page(_TITLES[result.outcome], result.message, 200)
 
     async def health(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok"})
+        # The database lets a second console on this machine see that this
+        # receiver already completes opt-ins into its database.
+        return JSONResponse(
+            {
+                "status": "ok",
+                "service": RECEIVER_SERVICE,
+                "database": str(manager.store.path.resolve()),
+            }
+        )
 
     return Starlette(routes=[Route(path, callback), Route("/health", health)])
 
 
+RECEIVER_SERVICE = "optin-receiver"
 _TITLES = {
     "authorized": "Authorized",
     "replayed": "Authorized",

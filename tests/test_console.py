@@ -1075,7 +1075,8 @@ def test_open_console_starts_receiver(
         assert console.receiver_url == redirect_uri
         assert "receiver listens" in message(console)
         health = httpx.get(redirect_uri.replace("/callback", "/health"))
-        assert health.json() == {"status": "ok"}
+        assert health.json()["status"] == "ok"
+        assert health.json()["service"] == "optin-receiver"
         assert console.errors == []
     finally:
         console.close()
@@ -1104,6 +1105,34 @@ def test_open_console_port_busy(
             assert console.errors == []
         finally:
             console.close()
+
+
+def test_second_console_shares_receiver(
+    clean_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    sandbox: SandboxServer,
+) -> None:
+    redirect_uri = f"http://127.0.0.1:{free_port()}/callback"
+    monkeypatch.setenv("OPTIN_BASE_URL", sandbox.url)
+    monkeypatch.setenv("OPTIN_REDIRECT_URI", redirect_uri)
+    first = open_console(tmp_path / "optin.db", actor="ana")
+    try:
+        second = open_console(tmp_path / "optin.db", actor="ben")
+        try:
+            assert second.receiver_url == redirect_uri
+            assert "Another console's callback receiver" in message(second)
+            assert second.errors == []
+        finally:
+            second.close()
+        other = open_console(tmp_path / "other.db", actor="ben")
+        try:
+            assert other.receiver_url is None
+            assert "is in use" in message(other)
+        finally:
+            other.close()
+    finally:
+        first.close()
 
 
 def test_open_console_without_receiver(

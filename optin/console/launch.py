@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
+
 from optin.api import Manager
 from optin.config import Settings
 from optin.console.app import Console
+from optin.receiver import RECEIVER_SERVICE
 from optin.serving import check_loopback
 
 logger = logging.getLogger(__name__)
@@ -35,16 +38,43 @@ def open_console(
     manager = Manager(loaded)
     receiver_url, note = None, "No callback receiver was started for this console."
     stop = None
+    shared = False
     if start_receiver:
         stop, note = _start_receiver(loaded)
-        receiver_url = loaded.redirect_uri if stop is not None else None
+        shared = stop is None and _receiver_serves(loaded)
+        if shared:
+            note = (
+                f"Another console's callback receiver at {loaded.redirect_uri} "
+                "completes opt-ins into this database; use Check status to see "
+                "them."
+            )
+        receiver_url = loaded.redirect_uri if stop is not None or shared else None
 
     console = Console(manager, actor or _default_actor(), receiver_url)
     console.on_close(manager.close)
     if stop is not None:
         console.on_close(stop)
-    console.show_message(note, "info" if stop is not None else "error")
+    console.show_message(note, "info" if receiver_url is not None else "error")
     return console
+
+
+def _receiver_serves(settings: Settings) -> bool:
+    """Return whether an optin receiver for this database answers on the port.
+
+    Voila keeps a closed tab's kernel, and its receiver, running, so a second
+    console often finds the port taken by a receiver that serves it anyway.
+    """
+    uri = urlsplit(settings.redirect_uri)
+    try:
+        answer = httpx.get(f"http://{uri.hostname}:{uri.port}/health", timeout=1.0)
+        body = answer.json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    return (
+        isinstance(body, dict)
+        and body.get("service") == RECEIVER_SERVICE
+        and body.get("database") == str(settings.db_path.resolve())
+    )
 
 
 def _start_receiver(settings: Settings) -> tuple[Any, str]:
