@@ -581,7 +581,9 @@ def sandbox(
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, help="[default: the redirect URI's port]")
+@click.option(
+    "--port", type=int, help="Port to listen on [default: the redirect URI's port]."
+)
 @click.option("--allow-remote", is_flag=True, help="Allow a non-loopback host.")
 @pass_context
 def receiver(obj: Context, host: str, port: int | None, allow_remote: bool) -> None:

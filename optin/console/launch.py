@@ -31,7 +31,7 @@ def open_console(
     The default settings are the loopback sandbox's. With ``start_receiver``,
     a callback receiver serves the redirect URI's port on loopback; when it
     cannot start (port in use, or the redirect URI is not a loopback http
-    address), the console says so and the analyst pastes callback URLs.
+    address), the console shows why and the analyst pastes callback URLs.
     ``console.close()`` stops the receiver and closes the database.
     """
     loaded = Settings.load(db_path=db_path, **settings)
@@ -59,7 +59,7 @@ def open_console(
 
 
 def _receiver_serves(settings: Settings) -> bool:
-    """Return whether an optin receiver for this database answers on the port.
+    """Return whether an optin receiver for this database listens on the port.
 
     Voila keeps a closed tab's kernel, and its receiver, running, so a second
     console often finds the port taken by a receiver that serves it anyway.
