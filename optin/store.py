@@ -625,21 +625,11 @@ class Store:
             ).fetchone()
         return None if row is None else self._pending_record(row)
 
-    def latest_pending(self, company_id: str) -> PendingRecord | None:
-        """Return the company's newest authorization link, whatever its status."""
-        with self._lock:
-            row = self.conn.execute(
-                "SELECT * FROM pending WHERE company_id = ? "
-                "ORDER BY created_at DESC, rowid DESC LIMIT 1",
-                (company_id,),
-            ).fetchone()
-        return None if row is None else self._pending_record(row)
-
     def latest_origin_state(self, company_id: str) -> str | None:
         """Return the origin state of the company's newest link, or None if it has none.
 
-        Selects the same row as :meth:`latest_pending` but reads one column, so
-        it neither decrypts the verifier nor parses timestamps.
+        It reads one column only, so it neither decrypts the verifier nor
+        parses timestamps.
         """
         with self._lock:
             row = self.conn.execute(
