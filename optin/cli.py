@@ -72,15 +72,9 @@ class Context:
 
 
 pass_context = click.make_pass_decorator(Context)
-actor_reason = [
-    click.option("--reason", help="Why this change is made; kept in the history."),
-]
-
-
-def with_reason(function: Callable[..., Any]) -> Callable[..., Any]:
-    for option in actor_reason:
-        function = option(function)
-    return function
+with_reason = click.option(
+    "--reason", help="Why this change is made; kept in the history."
+)
 
 
 @click.group()
