@@ -1,7 +1,7 @@
 """The Python API: one facade that notebooks, the CLI, batch scripts and the
 callback receiver all call.
 
-Each state-changing method asks the lifecycle whether the trigger is allowed,
+Each state-changing method checks with the lifecycle whether the trigger is allowed,
 talks to UPS when the step needs it, then commits through the store. The
 commit decides: when it fails, nothing changed, and the caller gets the
 toolkit's error naming the company and what to do next.
@@ -270,7 +270,7 @@ class Manager:
 
         Columns: company_id, name, admin_email, link, link_expires_at (ISO
         8601, UTC). The file is made owner-only before any link is written,
-        because whoever signs in through a link connects their UPS.com
+        because anyone who signs in through a link connects their UPS.com
         account to that company.
         """
         target = Path(path)
@@ -317,7 +317,7 @@ class Manager:
         return self.get_company(company_id)
 
     def company_for_callback(self, callback_url: str) -> str | None:
-        """Return the id of the company whose link a callback URL answers.
+        """Return the id of the company whose link a callback URL belongs to.
 
         None when no link has the URL's state. Raises MalformedCallback for a
         URL without a state. Nothing changes and UPS is not called.

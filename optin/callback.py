@@ -25,7 +25,7 @@ def parse_callback(url: str) -> CallbackParams:
     """Read ``state``, ``code`` and ``error`` from a callback URL (or its query).
 
     The query is percent-decoded once, so a code holding ``+``, ``/`` and
-    ``=`` (sent as ``%2B``, ``%2F``, ``%3D``) comes back intact; a literal
+    ``=`` (sent as ``%2B``, ``%2F``, ``%3D``) comes back intact. A literal
     ``+`` left unencoded by a browser or a copy-paste is kept as ``+``, not
     read as a space, because UPS codes are base64 and contain no spaces.
     """

@@ -1,11 +1,11 @@
 """The demo: the whole opt-in lifecycle for every company, against the sandbox.
 
 It starts the UPS sandbox and the callback receiver on free loopback ports in
-this process, imports the companies, signs every admin in through the
-sandbox's pages over HTTP as a browser would, refreshes everyone, changes three
-admins' UPS.com passwords, sweeps (exactly those three become invalidated),
-re-opts them in, opts one company out, and prints the final table and one
-company's history. The database file stays for inspection.
+this process and imports the companies. Every admin then signs in through the
+sandbox's pages over HTTP as a browser would. The demo refreshes everyone and
+changes three admins' UPS.com passwords, so the next sweep invalidates exactly
+those three. It re-opts them in, opts one company out, and prints the final
+table and one company's history. The database file stays for inspection.
 """
 
 from __future__ import annotations

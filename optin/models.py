@@ -19,7 +19,7 @@ class Company:
     version: int
     created_at: str
     updated_at: str
-    # None unless the company holds tokens (state authorized).
+    # None unless the company has stored tokens (state authorized).
     access_expires_at: str | None = None
     refresh_expires_at: str | None = None
 
@@ -102,7 +102,7 @@ class AuthorizationLink:
 
 @dataclass(frozen=True)
 class CallbackResult:
-    """What completing a callback did: ``authorized``, ``cancelled`` or ``replayed``."""
+    """Outcome of completing a callback: authorized, cancelled or replayed."""
 
     company_id: str
     outcome: str

@@ -1,10 +1,10 @@
 """Drive UPS.com-style sign-in pages over HTTP as a browser would.
 
-Used by the demo and the tests against the loopback sandbox: follow the
-authorize redirect, fill in the login (username or email), tick the
-Confidentiality Agreement, Continue, enter the password, allow consent, and
-return the callback URL that the browser is sent to. Never point it at a
-real UPS host: it is for the sandbox.
+The demo and the tests use it against the loopback sandbox. It follows the
+authorize redirect, fills in the login (username or email), ticks the
+Confidentiality Agreement, clicks Continue, enters the password and allows
+consent. It returns the callback URL that the browser is sent to. It is for
+the sandbox only, so never point it at a real UPS host.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ One file contains companies, grants (encrypted tokens), pending authorizations
 (hashed ``state``, encrypted PKCE verifier) and an append-only history.
 Every transition runs in one ``BEGIN IMMEDIATE`` transaction that
 compare-and-sets the company's (state, version), so two processes can never
-both apply it; triggers in the schema reject any UPDATE or DELETE of history.
+both apply it. Triggers in the schema reject any UPDATE or DELETE of history.
 
 sqlite-utils builds the schema, runs bulk loads and reads; the per-transition
 path uses fixed SQL through ``execute`` because the helpers read the schema on

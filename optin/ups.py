@@ -230,7 +230,7 @@ class UPSClient:
                 f"{self.settings.timeout:g} s. {_AFTER_TRANSIENT[kind]}"
             ) from None
         except httpx.HTTPError as exc:
-            # Connection trouble, or an answer httpx could not decode.
+            # Connection trouble, or a response that httpx could not decode.
             raise errors.UPSConnectionError(
                 f"UPS {kind} at {self.settings.base_url}{path} failed with "
                 f"{type(exc).__name__}; check the network and the base URL. "
@@ -258,7 +258,7 @@ class UPSClient:
         return TokenSet.from_response(body, now)
 
 
-# What a caller should do after a timeout or 5xx. A code exchange may have
+# The next step for a caller after a timeout or 5xx. A code exchange may have
 # reached UPS, which treats codes as single-use, so the code is never resent.
 _AFTER_TRANSIENT: Final = {
     "refresh": "The stored tokens are kept; retry later",
@@ -278,10 +278,11 @@ def read_envelope(response: httpx.Response) -> tuple[str, str]:
 
 
 def error_from_response(response: httpx.Response, kind: str) -> errors.UPSError:
-    """Map a non-200 UPS answer onto the toolkit's typed errors."""
+    """Map a non-200 UPS response onto the toolkit's typed errors."""
     status = response.status_code
     code, message = read_envelope(response)
     lowered = message.lower()
+
     if status == 429:
         return errors.RateLimited(
             status, code, message, "UPS is rate limiting; back off and retry later"
@@ -330,8 +331,8 @@ def error_from_response(response: httpx.Response, kind: str) -> errors.UPSError:
             "the authorization code is invalid, expired or already used; "
             "begin a new opt-in",
         )
-    # Any other 400 (or 404 from a wrong base URL) says nothing about the
-    # company's grant, so its tokens are kept.
+    # Any other 400 (or 404 from a wrong base URL) does not show that the
+    # company's grant is dead, so its tokens are kept.
     return errors.InvalidRequest(
         status,
         code,

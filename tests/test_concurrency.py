@@ -224,7 +224,7 @@ def test_opt_out_race(authorized: Manager, same_version: bool) -> None:
 
     outcomes = run_workers(authorized.settings, ["opt_out", "opt_out"], same_version)
 
-    # A loser that read the company after the winner's commit sees opted_out.
+    # A loser that read the company after the winner's commit finds opted_out.
     losers = {"ConcurrentUpdate"}
     if not same_version:
         losers.add("InvalidTransition")

@@ -109,7 +109,7 @@ def test_rotated_elsewhere_not_invalidated(
 
     def stale_first(company_id: str) -> object:
         calls["n"] += 1
-        # The first read under the lease sees the pair from before the rotation.
+        # The first read under the lease returns the pair from before the rotation.
         return stale if calls["n"] == 1 else real_get_grant(company_id)
 
     manager.store.get_grant = stale_first  # type: ignore[method-assign,assignment]

@@ -215,7 +215,7 @@ def test_exchange_unknown_client_retryable(
 ) -> None:
     url = callback_url(manager, sandbox_http)
     # A database refuses settings of another client id, so the sandbox
-    # answers this one exchange with its "ClientId is Invalid" 401 instead.
+    # rejects this one exchange with its "ClientId is Invalid" 401 instead.
     sandbox_http.post(
         "/_sandbox/faults", json={"endpoint": "token", "status": 401, "count": 1}
     ).raise_for_status()

@@ -29,7 +29,7 @@ def open_console(
     """Open a console on ``db_path`` with settings from ``Settings.load``.
 
     The default settings are the loopback sandbox's. With ``start_receiver``,
-    a callback receiver serves the redirect URI's port on loopback; when it
+    a callback receiver serves the redirect URI's port on loopback. When it
     cannot start (port in use, or the redirect URI is not a loopback http
     address), the console shows why and the analyst pastes callback URLs.
     ``console.close()`` stops the receiver and closes the database.

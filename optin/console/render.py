@@ -227,7 +227,7 @@ def oauth_question(company_label: str, replaces_link: bool) -> str:
 def opt_out_question(
     company_label: str, access_expires_at: str | None, now: datetime
 ) -> str:
-    """Render the question that asks to confirm an opt-out."""
+    """Render the request to confirm an opt-out."""
     text = (
         f"Opt out {company_label}? This removes the authorization and deletes "
         "every token stored for the company, which must opt in again to be used. "
@@ -259,7 +259,7 @@ def no_revoke_note(access_expires_at: str | None, now: datetime) -> str:
 
 
 def status_text(company_label: str, company: Company, awaiting_callback: bool) -> str:
-    """Describe where the company stands, for the Check status button."""
+    """Describe the company's current state, for the Check status button."""
     text = f"{company_label} is {company.state.value} since {when(company.updated_at)}."
     if company.access_expires_at:
         text += (
